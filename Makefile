@@ -1,0 +1,42 @@
+# kubevisor make targets. Each is idempotent on a fresh Debian 12 machine (run as root).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA_DIR ?= /var/lib/kubevisor
+LISTEN ?= 127.0.0.1:6443
+APT_PACKAGES := python3 python3-venv python3-dev gcc make ca-certificates
+
+.PHONY: install lint test test-fast up bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q $(APT_PACKAGES); fi
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check kubevisor tests bench
+	$(VENV)/bin/ruff format --check kubevisor tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+test-fast: install
+	$(VENV)/bin/pytest -q -x -p no:cacheprovider tests/unit
+
+up: install
+	$(VENV)/bin/kubevisor up --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+bench: install
+	$(PY) bench/api.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,327 @@
+"""Core (v1) kinds: Namespace, Node, Event, ConfigMap, Secret, ServiceAccount.
+
+JSON names follow Kubernetes' ``k8s.io/api/core/v1``. Patch-strategy markers are those of upstream so
+that kubectl's strategic merge patches mean the same thing here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from kubevisor.api.base import KubeModel, patch_merge
+from kubevisor.api.meta import ObjectMeta
+
+Quantity = str | int | float
+
+
+class ObjectReference(KubeModel):
+    """A reference to another object."""
+
+    kind: str | None = None
+    """Kind of the referent."""
+    namespace: str | None = None
+    """Namespace of the referent."""
+    name: str | None = None
+    """Name of the referent."""
+    uid: str | None = None
+    """UID of the referent."""
+    api_version: str | None = None
+    """API version of the referent."""
+    resource_version: str | None = None
+    """Specific resourceVersion of the referent."""
+    field_path: str | None = None
+    """A piece of the object, e.g. spec.containers{name}."""
+
+
+class LocalObjectReference(KubeModel):
+    """A reference to an object in the same namespace."""
+
+    name: str | None = None
+    """Name of the referent."""
+
+
+# --- Namespace -----------------------------------------------------------------------------------
+
+
+class NamespaceSpec(KubeModel):
+    """Namespace spec."""
+
+    finalizers: list[str] | None = None
+    """Must be empty before the namespace is removed; the server adds "kubernetes"."""
+
+
+class NamespaceCondition(KubeModel):
+    """A condition of a namespace."""
+
+    type: str
+    """Condition type."""
+    status: str
+    """True, False or Unknown."""
+    last_transition_time: str | None = None
+    """Last time the condition changed."""
+    reason: str | None = None
+    """Machine-readable reason."""
+    message: str | None = None
+    """Human-readable message."""
+
+
+class NamespaceStatus(KubeModel):
+    """Namespace status; owner: the apiserver (Terminating on delete) and the namespace controller."""
+
+    phase: str | None = None
+    """Active or Terminating."""
+    conditions: list[NamespaceCondition] | None = Field(default=None, json_schema_extra=patch_merge("type"))
+    """Observations of the namespace's state."""
+
+
+class Namespace(KubeModel):
+    """A scope for names; deleting it deletes everything in it."""
+
+    api_version: str | None = "v1"
+    """v1."""
+    kind: str | None = "Namespace"
+    """Namespace."""
+    metadata: ObjectMeta | None = None
+    """Standard object metadata."""
+    spec: NamespaceSpec | None = None
+    """Finalizers."""
+    status: NamespaceStatus | None = None
+    """Phase."""
+
+
+# --- Node ----------------------------------------------------------------------------------------
+
+
+class Taint(KubeModel):
+    """Repels workloads that do not tolerate it."""
+
+    key: str
+    """Taint key."""
+    value: str | None = None
+    """Taint value."""
+    effect: str
+    """NoSchedule, PreferNoSchedule or NoExecute."""
+    time_added: str | None = None
+    """When a NoExecute taint was added."""
+
+
+class NodeSpec(KubeModel):
+    """Node spec."""
+
+    pod_cidr: str | None = Field(default=None, alias="podCIDR")
+    """Pod address range of this node."""
+    pod_cidrs: list[str] | None = Field(
+        default=None, alias="podCIDRs", json_schema_extra={"x-kubernetes-patch-strategy": "merge"}
+    )
+    """Pod address ranges of this node."""
+    provider_id: str | None = Field(default=None, alias="providerID")
+    """Cloud provider id."""
+    unschedulable: bool | None = None
+    """If true, nothing new is scheduled here."""
+    taints: list[Taint] | None = None
+    """Taints of this node."""
+
+
+class NodeCondition(KubeModel):
+    """A condition of a node."""
+
+    type: str
+    """Ready, MemoryPressure, ..."""
+    status: str
+    """True, False or Unknown."""
+    last_heartbeat_time: str | None = None
+    """Last time it was probed."""
+    last_transition_time: str | None = None
+    """Last time it changed."""
+    reason: str | None = None
+    """Machine-readable reason."""
+    message: str | None = None
+    """Human-readable message."""
+
+
+class NodeAddress(KubeModel):
+    """An address of a node."""
+
+    type: str
+    """Hostname, InternalIP, ..."""
+    address: str
+    """The address."""
+
+
+class NodeSystemInfo(KubeModel):
+    """Facts about the node's software."""
+
+    machine_id: str = Field(default="", alias="machineID")
+    """Machine id."""
+    system_uuid: str = Field(default="", alias="systemUUID")
+    """System UUID."""
+    boot_id: str = Field(default="", alias="bootID")
+    """Boot id."""
+    kernel_version: str = ""
+    """uname -r."""
+    os_image: str = Field(default="", alias="osImage")
+    """OS image."""
+    container_runtime_version: str = ""
+    """Runtime version."""
+    kubelet_version: str = ""
+    """Agent version."""
+    kube_proxy_version: str = ""
+    """Unused."""
+    operating_system: str = ""
+    """linux."""
+    architecture: str = ""
+    """amd64, ..."""
+
+
+class NodeStatus(KubeModel):
+    """Node status; owner: the node agent."""
+
+    capacity: dict[str, Quantity] | None = None
+    """Total resources."""
+    allocatable: dict[str, Quantity] | None = None
+    """Resources available for workloads."""
+    phase: str | None = None
+    """Deprecated."""
+    conditions: list[NodeCondition] | None = Field(default=None, json_schema_extra=patch_merge("type"))
+    """Current conditions."""
+    addresses: list[NodeAddress] | None = Field(default=None, json_schema_extra=patch_merge("type"))
+    """Addresses."""
+    node_info: NodeSystemInfo | None = None
+    """Software facts."""
+    daemon_endpoints: dict[str, Any] | None = None
+    """Agent endpoints."""
+    images: list[dict[str, Any]] | None = None
+    """Cached images."""
+
+
+class Node(KubeModel):
+    """A machine that runs workloads."""
+
+    api_version: str | None = "v1"
+    """v1."""
+    kind: str | None = "Node"
+    """Node."""
+    metadata: ObjectMeta | None = None
+    """Standard object metadata."""
+    spec: NodeSpec | None = None
+    """Node spec."""
+    status: NodeStatus | None = None
+    """Node status."""
+
+
+# --- Event ---------------------------------------------------------------------------------------
+
+
+class EventSource(KubeModel):
+    """Who reported an event."""
+
+    component: str | None = None
+    """Component name."""
+    host: str | None = None
+    """Node name."""
+
+
+class EventSeries(KubeModel):
+    """A series of repeated events."""
+
+    count: int | None = None
+    """Occurrences."""
+    last_observed_time: str | None = None
+    """Last occurrence."""
+
+
+class Event(KubeModel):
+    """Something that happened to an object."""
+
+    api_version: str | None = "v1"
+    """v1."""
+    kind: str | None = "Event"
+    """Event."""
+    metadata: ObjectMeta
+    """Standard object metadata."""
+    involved_object: ObjectReference
+    """The object this event is about."""
+    reason: str | None = None
+    """Short machine-readable reason, e.g. Started."""
+    message: str | None = None
+    """Human-readable description."""
+    source: EventSource | None = None
+    """Reporter."""
+    first_timestamp: str | None = None
+    """First occurrence."""
+    last_timestamp: str | None = None
+    """Last occurrence."""
+    count: int | None = None
+    """Occurrences."""
+    type: str | None = None
+    """Normal or Warning."""
+    event_time: str | None = None
+    """Time with microseconds."""
+    series: EventSeries | None = None
+    """Series data."""
+    action: str | None = None
+    """What was done."""
+    related: ObjectReference | None = None
+    """A second object."""
+    reporting_component: str | None = None
+    """Reporting controller."""
+    reporting_instance: str | None = None
+    """Reporting instance."""
+
+
+# --- ConfigMap, Secret, ServiceAccount ----------------------------------------------------------
+
+
+class ConfigMap(KubeModel):
+    """Non-confidential key/value data."""
+
+    api_version: str | None = "v1"
+    """v1."""
+    kind: str | None = "ConfigMap"
+    """ConfigMap."""
+    metadata: ObjectMeta | None = None
+    """Standard object metadata."""
+    data: dict[str, str] | None = None
+    """UTF-8 values."""
+    binary_data: dict[str, str] | None = None
+    """Base64-encoded binary values."""
+    immutable: bool | None = None
+    """If true, data cannot be changed."""
+
+
+class Secret(KubeModel):
+    """Confidential key/value data."""
+
+    api_version: str | None = "v1"
+    """v1."""
+    kind: str | None = "Secret"
+    """Secret."""
+    metadata: ObjectMeta | None = None
+    """Standard object metadata."""
+    data: dict[str, str] | None = None
+    """Base64-encoded values."""
+    string_data: dict[str, str] | None = None
+    """Write-only plain values, merged into data by the server."""
+    type: str | None = None
+    """Opaque, kubernetes.io/service-account-token, ..."""
+    immutable: bool | None = None
+    """If true, data cannot be changed."""
+
+
+class ServiceAccount(KubeModel):
+    """An identity for workloads; tokens are issued through its token subresource."""
+
+    api_version: str | None = "v1"
+    """v1."""
+    kind: str | None = "ServiceAccount"
+    """ServiceAccount."""
+    metadata: ObjectMeta | None = None
+    """Standard object metadata."""
+    secrets: list[ObjectReference] | None = Field(default=None, json_schema_extra=patch_merge("name"))
+    """Secrets of this account."""
+    image_pull_secrets: list[LocalObjectReference] | None = None
+    """Pull secrets."""
+    automount_service_account_token: bool | None = None
+    """Whether workloads get a token mounted."""

@@ -1,0 +1,296 @@
+"""Registry entries of the built-in kinds (core, coordination, rbac, authorization, authentication).
+
+Later API groups (kubevirt.io, cdi.kubevirt.io, ...) add their own ``KINDS`` lists and are collected in
+:func:`all_kinds`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from kubevisor.api import authz, coordination, core, rbac
+from kubevisor.api.registry import Kind, Obj, PrinterColumn
+from kubevisor.api.validation import FieldError
+
+AGE = PrinterColumn("Age", "date", ".metadata.creationTimestamp")
+
+
+def _count_data(obj: Obj) -> int:
+    return len(obj.get("data") or {}) + len(obj.get("binaryData") or {})
+
+
+def _namespace_default(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    if spec.get("finalizers") is None:
+        spec["finalizers"] = ["kubernetes"]
+    status = obj.setdefault("status", {})
+    status.setdefault("phase", "Active")
+
+
+def _secret_default(obj: Obj) -> None:
+    string_data = obj.pop("stringData", None)
+    if string_data:
+        data = obj.setdefault("data", {}) or {}
+        for key, value in string_data.items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        obj["data"] = data
+    obj.setdefault("type", "Opaque")
+
+
+def _secret_validate(obj: Obj, old: Obj | None) -> list[FieldError]:
+    errors = []
+    for key, value in (obj.get("data") or {}).items():
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            errors.append(FieldError(f"data[{key}]", "must be base64-encoded"))
+    if old is not None and old.get("type") != obj.get("type"):
+        errors.append(FieldError("type", "field is immutable"))
+    return errors + _immutable_data(obj, old)
+
+
+def _immutable_data(obj: Obj, old: Obj | None) -> list[FieldError]:
+    if old is None or not old.get("immutable"):
+        return []
+    errors = []
+    for key in ("data", "binaryData"):
+        if (obj.get(key) or {}) != (old.get(key) or {}):
+            errors.append(
+                FieldError(key, "field is immutable when `immutable` is set", "FieldValueForbidden")
+            )
+    if not obj.get("immutable"):
+        errors.append(
+            FieldError("immutable", "field is immutable when `immutable` is set", "FieldValueForbidden")
+        )
+    return errors
+
+
+def _configmap_validate(obj: Obj, old: Obj | None) -> list[FieldError]:
+    return _immutable_data(obj, old)
+
+
+def _binding_validate(obj: Obj, old: Obj | None) -> list[FieldError]:
+    if old is not None and old.get("roleRef") != obj.get("roleRef"):
+        return [FieldError("roleRef", "cannot change roleRef", "FieldValueInvalid")]
+    return []
+
+
+def _node_ready(obj: Obj) -> str:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            ready = "Ready" if cond.get("status") == "True" else "NotReady"
+            break
+    else:
+        ready = "Unknown"
+    if (obj.get("spec") or {}).get("unschedulable"):
+        ready += ",SchedulingDisabled"
+    return ready
+
+
+def _node_roles(obj: Obj) -> str:
+    prefix = "node-role.kubernetes.io/"
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    roles = sorted(k[len(prefix) :] for k in labels if k.startswith(prefix))
+    return ",".join(roles) or "<none>"
+
+
+def _event_object(obj: Obj) -> str:
+    ref = obj.get("involvedObject") or {}
+    return f"{str(ref.get('kind', '')).lower()}/{ref.get('name', '')}"
+
+
+CORE = "rbac.authorization.k8s.io"
+
+KINDS: list[Kind] = [
+    Kind(
+        "",
+        "v1",
+        "Namespace",
+        "namespaces",
+        core.Namespace,
+        namespaced=False,
+        short_names=("ns",),
+        subresources=("finalize",),
+        strategic_merge=True,
+        printer_columns=(PrinterColumn("Status", json_path=".status.phase"), AGE),
+        defaulter=_namespace_default,
+        name_rule="label",
+        spec_fields=("spec",),
+    ),
+    Kind(
+        "",
+        "v1",
+        "Node",
+        "nodes",
+        core.Node,
+        namespaced=False,
+        short_names=("no",),
+        strategic_merge=True,
+        printer_columns=(
+            PrinterColumn("Status", value=_node_ready),
+            PrinterColumn("Roles", value=_node_roles),
+            AGE,
+            PrinterColumn("Version", json_path=".status.nodeInfo.kubeletVersion"),
+            PrinterColumn(
+                "Internal-IP", json_path=".status.addresses[?(@.type=='InternalIP')].address", priority=1
+            ),
+            PrinterColumn("Kernel-Version", json_path=".status.nodeInfo.kernelVersion", priority=1),
+        ),
+        field_selectors={"spec.unschedulable": "spec.unschedulable"},
+    ),
+    Kind(
+        "",
+        "v1",
+        "Event",
+        "events",
+        core.Event,
+        short_names=("ev",),
+        strategic_merge=True,
+        printer_columns=(
+            PrinterColumn("Last Seen", "date", ".lastTimestamp"),
+            PrinterColumn("Type", json_path=".type"),
+            PrinterColumn("Reason", json_path=".reason"),
+            PrinterColumn("Object", value=_event_object),
+            PrinterColumn("Message", json_path=".message"),
+        ),
+        field_selectors={
+            "involvedObject.kind": "involvedObject.kind",
+            "involvedObject.namespace": "involvedObject.namespace",
+            "involvedObject.name": "involvedObject.name",
+            "involvedObject.uid": "involvedObject.uid",
+            "involvedObject.apiVersion": "involvedObject.apiVersion",
+            "involvedObject.resourceVersion": "involvedObject.resourceVersion",
+            "involvedObject.fieldPath": "involvedObject.fieldPath",
+            "reason": "reason",
+            "type": "type",
+            "source": "source.component",
+            "reportingComponent": "reportingComponent",
+        },
+    ),
+    Kind(
+        "",
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        core.ConfigMap,
+        short_names=("cm",),
+        strategic_merge=True,
+        printer_columns=(PrinterColumn("Data", "integer", value=_count_data), AGE),
+        validator=_configmap_validate,
+    ),
+    Kind(
+        "",
+        "v1",
+        "Secret",
+        "secrets",
+        core.Secret,
+        strategic_merge=True,
+        printer_columns=(
+            PrinterColumn("Type", json_path=".type"),
+            PrinterColumn("Data", "integer", value=_count_data),
+            AGE,
+        ),
+        field_selectors={"type": "type"},
+        defaulter=_secret_default,
+        validator=_secret_validate,
+    ),
+    Kind(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        core.ServiceAccount,
+        short_names=("sa",),
+        strategic_merge=True,
+        subresources=("token",),
+        printer_columns=(
+            PrinterColumn("Secrets", "integer", value=lambda o: len(o.get("secrets") or [])),
+            AGE,
+        ),
+    ),
+    Kind(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        coordination.Lease,
+        strategic_merge=True,
+        printer_columns=(PrinterColumn("Holder", json_path=".spec.holderIdentity"), AGE),
+    ),
+    Kind(
+        CORE,
+        "v1",
+        "Role",
+        "roles",
+        rbac.Role, name_rule="path",
+        strategic_merge=True,
+        printer_columns=(
+            PrinterColumn("Created At", "date", ".metadata.creationTimestamp", format="date-time"),
+        ),
+    ),
+    Kind(
+        CORE,
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+        rbac.ClusterRole, name_rule="path",
+        namespaced=False,
+        strategic_merge=True,
+        printer_columns=(
+            PrinterColumn("Created At", "date", ".metadata.creationTimestamp", format="date-time"),
+        ),
+    ),
+    Kind(
+        CORE,
+        "v1",
+        "RoleBinding",
+        "rolebindings",
+        rbac.RoleBinding, name_rule="path",
+        strategic_merge=True,
+        printer_columns=(
+            PrinterColumn("Role", value=lambda o: f"{o['roleRef']['kind']}/{o['roleRef']['name']}"),
+            AGE,
+        ),
+        validator=_binding_validate,
+    ),
+    Kind(
+        CORE,
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        rbac.ClusterRoleBinding, name_rule="path",
+        namespaced=False,
+        strategic_merge=True,
+        printer_columns=(
+            PrinterColumn("Role", value=lambda o: f"{o['roleRef']['kind']}/{o['roleRef']['name']}"),
+            AGE,
+        ),
+        validator=_binding_validate,
+    ),
+    Kind(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        authz.SelfSubjectAccessReview,
+        namespaced=False,
+        stored=False,
+        verbs=("create",),
+    ),
+    Kind(
+        "authentication.k8s.io",
+        "v1",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        authz.SelfSubjectReview,
+        namespaced=False,
+        stored=False,
+        verbs=("create",),
+    ),
+]
+
+
+def all_kinds() -> list[Kind]:
+    """Every kind kubevisor serves, core group first."""
+    return list(KINDS)

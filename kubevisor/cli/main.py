@@ -1,0 +1,68 @@
+"""The ``kubevisor`` command.
+
+``up`` runs the single-node platform in the foreground until SIGINT or SIGTERM. The CLI is a thin layer:
+the platform is assembled in :mod:`kubevisor.platform`; cluster operations go through
+:mod:`kubevisor.client`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubevisor", description="VMs and containers behind a Kubernetes API"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the single-node platform in the foreground")
+    up.add_argument("--data-dir", default="/var/lib/kubevisor", type=Path, help="state directory")
+    up.add_argument("--listen", default="127.0.0.1:6443", help="HOST:PORT of the API server")
+    up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+async def _up(args: argparse.Namespace) -> int:
+    from kubevisor import platform
+
+    try:
+        plat = platform.Platform(args.data_dir, args.listen)
+    except ValueError as exc:
+        print(f"kubevisor up: {exc}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await plat.start()
+    except OSError as exc:
+        print(f"kubevisor up: cannot start: {exc}", file=sys.stderr)
+        await plat.stop()
+        return 1
+    print(f"kubevisor is up: API server {plat.url}", flush=True)
+    print(f"  export KUBECONFIG={plat.kubeconfig}", flush=True)
+    await stop.wait()
+    print("kubevisor: shutting down", flush=True)
+    await plat.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "up":
+        return asyncio.run(_up(args))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

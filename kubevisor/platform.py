@@ -1,0 +1,121 @@
+"""The single-node platform in one process: store, API server, controllers (and, later, the node agent).
+
+``kubevisor up`` runs a :class:`Platform` in the foreground. Tests start the same thing in-process
+(``kubevisor.testing.cluster``), so what they exercise is what users run. On first start the data
+directory gets the cluster PKI and an admin kubeconfig; later starts reuse them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from kubevisor.api.registry import Registry, default_registry
+from kubevisor.apiserver.app import ApiServer
+from kubevisor.apiserver.pki import PKI, ensure_pki, write_kubeconfig
+from kubevisor.apiserver.serving import Listener, Server
+from kubevisor.store.sqlite import SQLiteStore
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:6443")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class Platform:
+    """Everything ``kubevisor up`` runs, with a start/stop lifecycle."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        listen: str = "127.0.0.1:6443",
+        *,
+        registry: Registry | None = None,
+        controllers: bool = True,
+        compaction_interval: float = 300.0,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.host, self.requested_port = parse_listen(listen)
+        self.registry = registry or default_registry()
+        self.run_controllers = controllers
+        self.compaction_interval = compaction_interval
+        self.store: SQLiteStore | None = None
+        self.app: ApiServer | None = None
+        self.pki: PKI | None = None
+        self._server: Server | None = None
+        self._serve_task: asyncio.Task[None] | None = None
+        self._controllers: list[object] = []
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.data_dir / "kubeconfig"
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+        self.pki = ensure_pki(self.data_dir / "pki", hosts=[self.host])
+        self.store = await SQLiteStore.open(self.data_dir / "db.sqlite")
+        tokens = self.pki.token_issuer()
+        self.app = ApiServer(
+            self.store, self.registry, tokens=tokens, compaction_interval=self.compaction_interval
+        )
+        await self.app.start()
+        listener = Listener.bind(self.host, self.requested_port)
+        self.port = listener.port
+        write_kubeconfig(
+            self.kubeconfig,
+            server=self.url,
+            ca_pem=self.pki.ca_cert.read_bytes(),
+            user="admin",
+            client_cert_pem=self.pki.admin_cert.read_bytes(),
+            client_key_pem=self.pki.admin_key.read_bytes(),
+        )
+        self._server = Server(self.app, listener, self.pki.server_ssl_context())
+        self._serve_task = asyncio.create_task(self._server.serve(), name="apiserver")
+        await self._server.wait_started()
+        if self.run_controllers:
+            await self._start_controllers()
+        log.info("kubevisor API server listening on %s", self.url)
+
+    async def _start_controllers(self) -> None:
+        try:
+            from kubevisor.controllers.manager import start_builtin_controllers
+        except ImportError:  # controllers not available in this build
+            return
+        self._controllers.append(await start_builtin_controllers(self.kubeconfig, self.registry))
+
+    async def stop(self) -> None:
+        for ctl in reversed(self._controllers):
+            stop = getattr(ctl, "stop", None)
+            if stop is not None:
+                with contextlib.suppress(Exception):
+                    await stop()
+        self._controllers.clear()
+        if self._server is not None:
+            self._server.shutdown()
+        if self._serve_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._serve_task
+        if self.app is not None:
+            await self.app.stop()
+        if self.store is not None:
+            await self.store.close()
+
+    async def __aenter__(self) -> Platform:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
