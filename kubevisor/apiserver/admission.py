@@ -24,7 +24,7 @@ from kubevisor.api.validation import (
     path_segment,
     qualified_name,
 )
-from kubevisor.apiserver import errors
+from kubevisor.apiserver import errors, protobuf
 
 MAX_BODY = 3 * 1024 * 1024
 """Largest request body accepted, as kube-apiserver's 3 MiB limit."""
@@ -81,6 +81,8 @@ def decode_body(body: bytes, content_type: str, *, track_duplicates: bool) -> tu
             return yaml.safe_load(body), []
         except yaml.YAMLError as exc:
             raise errors.bad_request(f"the request body is not valid YAML: {exc}") from exc
+    if media == protobuf.MEDIA_TYPE:
+        return protobuf.decode(body), []
     if media not in ("", "application/json", "*/*") and not media.endswith("+json"):
         raise errors.unsupported_media_type(
             f'the body of the request was in an unknown format ("{media}") - accepted media types include: '

@@ -141,6 +141,7 @@ class ApiServer:
         self.ready = False
         self.compaction_interval = compaction_interval
         self._tasks: list[asyncio.Task[None]] = []
+        self._cert_users: dict[bytes, User] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -273,9 +274,21 @@ class ApiServer:
         tls = (request.scope.get("extensions") or {}).get("tls") or {}
         der = tls.get("client_cert_der")
         if der:
-            name, groups = user_from_certificate(der)
-            return User(name, (*groups, "system:authenticated"))
+            return self._certificate_user(der)
         return None
+
+    def _certificate_user(self, der: bytes) -> User | None:
+        """The user a verified client certificate names; parsed once per certificate, not per request."""
+        user = self._cert_users.get(der)
+        if user is None:
+            try:
+                name, groups = user_from_certificate(der)
+            except ValueError:
+                return None
+            if len(self._cert_users) > 1024:
+                self._cert_users.clear()
+            user = self._cert_users[der] = User(name, (*groups, "system:authenticated"))
+        return user
 
     async def _authorize_path(self, user: User, request: Request, path: str) -> None:
         attrs = Attributes(verb=request.method.lower(), path=path, resource_request=False)
@@ -548,8 +561,38 @@ class ApiServer:
             resource_version=q.get("resourceVersion"),
             timeout=timeout,
             bookmarks=_bool(q.get("allowWatchBookmarks")),
+            render=self._watch_render(request, target.kind),
         )
         return StreamingResponse(body, media_type=JSON, headers={"Cache-Control": "no-cache"})
+
+    def _watch_render(self, request: Request, kind: Kind) -> Callable[[Obj], Any] | None:
+        """Event objects as the Accept header asks (``kubectl get -w`` wants Tables, to print its columns).
+
+        Like kube-apiserver, only the first Table of a stream carries the column definitions.
+        """
+        mode, version = _negotiate(request.headers.get("accept", ""))
+        if mode == "meta":
+            return lambda obj: _partial(obj, version)
+        if mode != "table":
+            return None
+        include_object = self._include_object(request)
+        first = True
+
+        def table(obj: Obj) -> Any:
+            nonlocal first
+            rendered = tables.to_table(
+                kind,
+                [obj],
+                resource_version=obj["metadata"].get("resourceVersion", ""),
+                version=version,
+                include_object=include_object,
+            )
+            if not first:
+                rendered["columnDefinitions"] = []
+            first = False
+            return rendered
+
+        return table
 
     async def _create(self, request: Request, target: Target, user: User) -> Response:
         kind = target.kind

@@ -238,8 +238,10 @@ def _clean(schema: Any) -> Any:
     for key, value in schema.items():
         if (key == "title" and isinstance(value, str)) or (key == "default" and value is None):
             continue
-        if key == "additionalProperties" and value is False:
-            continue  # extra="forbid" is enforced by the server (fieldValidation), as upstream
+        if key == "additionalProperties" and isinstance(value, bool):
+            # False (extra="forbid") is enforced by the server (fieldValidation), as upstream; True is the
+            # default, and kubectl 1.29/1.30 explain templates fail on a boolean here (upstream: absent).
+            continue
         if key in _SCHEMA_MAPS and isinstance(value, dict):
             out[key] = {k: _clean(v) for k, v in value.items()}
         elif key in _SCHEMA_LISTS and isinstance(value, list):
@@ -364,7 +366,7 @@ def _tag(group: str, version: str) -> str:
 class _KindSchemas:
     kind: Kind
     item: str
-    list: str | None
+    list_schema: str | None
 
 
 def _kind_paths(ks: _KindSchemas, patch_types: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -403,8 +405,8 @@ def _kind_paths(ks: _KindSchemas, patch_types: tuple[str, ...]) -> dict[str, dic
     verbs = set(kind.verbs)
     paths: dict[str, dict[str, Any]] = {}
     coll: dict[str, Any] = {}
-    if kind.stored and "list" in verbs and ks.list:
-        coll["get"] = op("list", "list", "", [*scope_params, *P_LIST], _responses(ks.list, "200"))
+    if kind.stored and "list" in verbs and ks.list_schema:
+        coll["get"] = op("list", "list", "", [*scope_params, *P_LIST], _responses(ks.list_schema, "200"))
     if "create" in verbs or not kind.stored:
         coll["post"] = op(
             "create",
@@ -471,8 +473,8 @@ def _kind_paths(ks: _KindSchemas, patch_types: tuple[str, ...]) -> dict[str, dic
         status_ops = item_ops("Status")
         if status_ops:
             paths[f"{item}/status"] = status_ops
-    if kind.namespaced and "list" in verbs and ks.list:
-        all_ns = op("list", "list", "ForAllNamespaces", P_LIST, _responses(ks.list, "200"))
+    if kind.namespaced and "list" in verbs and ks.list_schema:
+        all_ns = op("list", "list", "ForAllNamespaces", P_LIST, _responses(ks.list_schema, "200"))
         all_ns["operationId"] = f"list{prefix}{kind.kind}ForAllNamespaces"
         paths[f"{base}/{kind.plural}"] = {"get": all_ns}
     return paths

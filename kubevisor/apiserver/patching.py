@@ -41,11 +41,16 @@ merged as a plain JSON map whose lists are replaced.
   ``null``; apimachinery leaves ``{}``); ``$patch: merge`` is the default and is accepted explicitly.
 * In a merging list, an element ``{"$patch": "replace"}`` makes the other elements replace the list, and
   ``{"<mergeKey>": v, "$patch": "delete"}`` removes every element whose merge key is ``v``.
-* ``$deleteFromPrimitiveList/<field>`` removes values from a list; ``$retainKeys`` (sent for fields with
+* ``$deleteFromPrimitiveList/<field>`` removes every occurrence of its values from the list once the patch
+  list is merged; ``$retainKeys`` (sent for fields with
   strategy ``retainKeys``) drops the keys of the live map it does not list, and every non-null key of the
   patch map must be listed. Like apimachinery, it is honoured wherever it appears.
-* A patch value with no counterpart in the live object is applied to "nothing": its directives are
-  processed and its ``null`` values dropped, so it is stored clean.
+* A patch value with no counterpart in the live object, and every map inside a list that replaces the
+  live one, is applied to "nothing": its directives are processed and its ``null`` members dropped, so
+  it is stored clean (``null`` elements of a list are values and are kept).
+* Malformed directives raise :class:`PatchError`: an unknown ``$patch`` value, an element of a merging
+  list without its merge key, a ``$setElementOrder`` list that contradicts the patch list's order or
+  names a field that is not a merging list, directive values of the wrong type.
 """
 
 from __future__ import annotations
@@ -115,8 +120,8 @@ def json_patch(doc: Any, patch: Any) -> Any:
         if name in ("add", "replace", "test") and "value" not in op:
             raise PatchError(f'JSON patch operation {i} ({name}) needs a "value"')
     try:
-        # The patch is copied too: jsonpatch inserts operation values into the result as they are.
-        return jsonpatch.JsonPatch(copy.deepcopy(patch)).apply(doc, in_place=False)
+        # jsonpatch copies the document and every operation value it inserts.
+        return jsonpatch.JsonPatch(patch).apply(doc, in_place=False)
     except jsonpatch.JsonPatchTestFailed as e:
         raise PatchError(f"JSON patch test operation failed: {e}") from e
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as e:

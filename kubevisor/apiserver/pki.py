@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import os
 import ssl
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -415,6 +416,17 @@ def _ensure_dir(directory: Path) -> None:
         directory.chmod(_DIR_MODE)
 
 
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` so two processes starting at once create one CA, not two."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _ensure_ca(pki: PKI) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     if not pki.ca_key.exists() and pki.ca_cert.exists():
         raise PKIError(
@@ -442,6 +454,12 @@ def ensure_pki(pki_dir: Path, *, hosts: Sequence[str]) -> PKI:
     """
     pki = PKI.at(Path(pki_dir))
     _ensure_dir(pki.directory)
+    with _locked(pki.directory):
+        _ensure_files(pki, hosts)
+    return pki
+
+
+def _ensure_files(pki: PKI, hosts: Sequence[str]) -> None:
     ca_cert, ca_key = _ensure_ca(pki)
     _ensure_leaf(
         pki.serving_cert,
@@ -463,7 +481,6 @@ def ensure_pki(pki_dir: Path, *, hosts: Sequence[str]) -> PKI:
         days=ADMIN_DAYS,
     )
     _ensure_key(pki.token_key)
-    return pki
 
 
 def issue_client_cert(pki: PKI, user: str, groups: Sequence[str], days: int = 365) -> tuple[bytes, bytes]:

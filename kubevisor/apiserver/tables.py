@@ -9,7 +9,7 @@ kube-apiserver does for built-ins and for CRD ``additionalPrinterColumns``:
 * the first column is always ``Name``;
 * a column with a ``json_path`` is evaluated with the small JSONPath subset printer columns use (``.a.b``,
   ``.a[0].b``, ``.a[*].b``, ``[?(@.type=='Ready')]``); only the first match counts and a missing value is a
-  JSON ``null`` cell (kubectl prints ``<none>``);
+  JSON ``null`` cell (kubectl prints it as an empty cell);
 * a column with a ``value`` callable calls it with the object;
 * ``date`` columns are rendered as ages (``5m``, ``2d3h``) with the exact rules of apimachinery's
   ``duration.HumanDuration``, except columns declaring ``format="date-time"`` (RBAC's ``Created At``), which

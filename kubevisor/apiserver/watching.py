@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -42,19 +43,57 @@ def expired(message: str) -> bytes:
     )
 
 
+class _SharedEvents:
+    """Decoded objects and encoded lines of recent store events, shared by every watcher.
+
+    N watchers of one change would otherwise each decode and encode it; objects taken from here are
+    read-only.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._objects: OrderedDict[tuple[str, int, bool], Obj] = OrderedDict()
+        self._lines: OrderedDict[tuple[str, int, str], bytes] = OrderedDict()
+
+    def obj(self, ev: WatchEvent, prev: bool) -> Obj:
+        kv = ev.prev if prev else ev.kv
+        assert kv is not None
+        key = (ev.kv.key, ev.kv.mod_revision, prev)
+        obj = self._objects.get(key)
+        if obj is None:
+            obj = decode(kv)
+            if ev.type == "DELETE":
+                obj["metadata"]["resourceVersion"] = str(ev.kv.mod_revision)
+            self._objects[key] = obj
+            if len(self._objects) > self.size:
+                self._objects.popitem(last=False)
+        return obj
+
+    def line(self, ev: WatchEvent, event_type: str, obj: Obj) -> bytes:
+        key = (ev.kv.key, ev.kv.mod_revision, event_type)
+        data = self._lines.get(key)
+        if data is None:
+            data = self._lines[key] = line(event_type, obj)
+            if len(self._lines) > self.size:
+                self._lines.popitem(last=False)
+        return data
+
+
+SHARED = _SharedEvents()
+
+
 def convert(kind: Kind, flt: Filter, ev: WatchEvent) -> tuple[str, Obj] | None:
-    """The watch event a store event means for this filter, or None."""
+    """The watch event a store event means for this filter, or None. The object is shared: read-only."""
     if ev.type == "DELETE":
         if ev.prev is None:
             return None
-        old = decode(ev.prev)
-        old["metadata"]["resourceVersion"] = str(ev.kv.mod_revision)
+        old = SHARED.obj(ev, prev=True)
         return ("DELETED", old) if flt.empty or flt.matches(kind, old) else None
-    new = decode(ev.kv)
+    new = SHARED.obj(ev, prev=False)
     if flt.empty:
         return ("ADDED" if ev.prev is None else "MODIFIED"), new
     new_match = flt.matches(kind, new)
-    old_match = ev.prev is not None and flt.matches(kind, decode(ev.prev))
+    old_match = ev.prev is not None and flt.matches(kind, SHARED.obj(ev, prev=True))
     if new_match:
         return ("MODIFIED" if old_match else "ADDED"), new
     if old_match:
@@ -71,13 +110,16 @@ async def stream(
     resource_version: str | None,
     timeout: float,
     bookmarks: bool,
+    render: Callable[[Obj], Any] | None = None,
 ) -> AsyncIterator[bytes]:
-    """The body of a watch response."""
+    """The body of a watch response; ``render`` turns each event's object into what the client asked
+    for (a Table row, PartialObjectMetadata); bookmarks and errors are sent as they are."""
+    show: Callable[[Obj], Any] = render or (lambda obj: obj)
     start_rev: int
     if not resource_version or resource_version == "0":
         page = await objects.list(kind, namespace, flt)
         for obj in page.items:
-            yield line("ADDED", obj)
+            yield line("ADDED", show(obj))
         start_rev = page.resource_version + 1
     else:
         try:
@@ -130,10 +172,25 @@ async def stream(
                 return
             if isinstance(item, BaseException):
                 return
-            last_rv = item.kv.mod_revision
-            converted = convert(kind, flt, item)
-            if converted is not None:
-                yield line(*converted)
+            # Send what is already queued in one chunk: one TLS record instead of one per event.
+            batch: list[bytes] = []
+            while True:
+                last_rv = item.kv.mod_revision
+                converted = convert(kind, flt, item)
+                if converted is not None:
+                    event_type, obj = converted
+                    batch.append(
+                        SHARED.line(item, event_type, obj) if render is None else line(event_type, show(obj))
+                    )
+                if queue.empty() or len(batch) >= 256:
+                    break
+                nxt = queue.get_nowait()
+                if not isinstance(nxt, WatchEvent):
+                    queue.put_nowait(nxt)  # an end or error: handled on the next turn of the outer loop
+                    break
+                item = nxt
+            if batch:
+                yield b"".join(batch)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, StoreError):

@@ -84,6 +84,7 @@ class Informer:
         on_add: AddHandler | None = None,
         on_update: UpdateHandler | None = None,
         on_delete: DeleteHandler | None = None,
+        transform: Callable[[Obj], Obj] | None = None,
         watch_timeout_seconds: int = 300,
         backoff_initial: float = 0.2,
         backoff_max: float = 30.0,
@@ -97,6 +98,8 @@ class Informer:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.page_size = page_size
+        self.transform = transform
+        """Applied to every object before it is cached and handed to handlers (e.g. keep only metadata)."""
         self._cache: dict[str, Obj] = {}
         self._handlers: list[Handlers] = []
         self._synced = asyncio.Event()
@@ -104,6 +107,8 @@ class Informer:
         self._resource_version = ""
         self.lists = 0
         """How many times the informer listed (1 + one per 410 Gone); useful in tests and metrics."""
+        self.watches = 0
+        """How many watch requests the informer sent (one more after each ended or broken stream)."""
         if on_add or on_update or on_delete:
             self.add_handlers(on_add=on_add, on_update=on_update, on_delete=on_delete)
 
@@ -130,17 +135,20 @@ class Informer:
             self._task = asyncio.create_task(self._run(), name=f"informer-{self.resources.plural}")
 
     async def stop(self) -> None:
-        """Stop watching and wait for the informer's task to end. The cache is kept."""
+        """Stop watching and wait for the informer's task to end.
+
+        The cache and the last resourceVersion are kept: :meth:`start` resumes the watch from there (and
+        re-lists, reporting the differences, if the server no longer has that version).
+        """
         task, self._task = self._task, None
         if task is None:
             return
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        # asyncio.wait, unlike awaiting the task, raises CancelledError only if *we* are cancelled; this
+        # also works inside the cleanup of an already cancelled task.
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%r ended with an error", self, exc_info=task.exception())
 
     @property
     def has_synced(self) -> bool:
@@ -228,7 +236,8 @@ class Informer:
 
     async def _run(self) -> None:
         delay = self.backoff_initial
-        need_list = True
+        # A restarted informer resumes from its last version; the server answers 410 if that is too old.
+        need_list = not self._synced.is_set()
         while True:
             try:
                 if need_list:
@@ -253,7 +262,8 @@ class Informer:
             page_size=self.page_size,
         )
         self.lists += 1
-        self._replace(result.items)
+        items = result.items if self.transform is None else [self.transform(obj) for obj in result.items]
+        self._replace(items)
         self._resource_version = result.resource_version
         self._synced.set()
 
@@ -277,6 +287,7 @@ class Informer:
         timeout = (
             int(self.watch_timeout_seconds * (1 + random.random())) if self.watch_timeout_seconds else None
         )
+        self.watches += 1
         async with self.resources.watch(
             self.namespace,
             resource_version=self._resource_version or None,
@@ -288,18 +299,20 @@ class Informer:
             async for event in events:
                 rv = event.resource_version
                 if event.type == "BOOKMARK":
-                    pass
-                elif event.type == "DELETED":
-                    key = object_key(event.object)
+                    if rv:
+                        self._resource_version = rv
+                    continue
+                obj = event.object if self.transform is None else self.transform(event.object)
+                key = object_key(obj)
+                if event.type == "DELETED":
                     self._cache.pop(key, None)
-                    self._emit_delete(event.object)
+                    self._emit_delete(obj)
                 else:  # ADDED or MODIFIED; trust the cache over the event type for which handler runs
-                    key = object_key(event.object)
                     old = self._cache.get(key)
-                    self._cache[key] = event.object
+                    self._cache[key] = obj
                     if old is None:
-                        self._emit_add(event.object)
+                        self._emit_add(obj)
                     else:
-                        self._emit_update(old, event.object)
+                        self._emit_update(old, obj)
                 if rv:
                     self._resource_version = rv

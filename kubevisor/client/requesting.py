@@ -19,6 +19,7 @@ import contracts forbid them the store and the apiserver), so it must be fast, f
 from __future__ import annotations
 
 import builtins
+import os
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -144,7 +145,9 @@ class Client:
         )
 
     @classmethod
-    def from_kubeconfig(cls, path: str | None = None, context: str | None = None, **options: Any) -> Client:
+    def from_kubeconfig(
+        cls, path: str | os.PathLike[str] | None = None, context: str | None = None, **options: Any
+    ) -> Client:
         """A client for ``context`` (default: current-context) of the kubeconfig at ``path``."""
         return cls(kubeconfig.load(path, context), **options)
 

@@ -109,7 +109,8 @@ _INSERT: Final = (
 # and the "no newer row" probe stay in the covering (name, id, deleted) index, which also yields the rows in
 # key order, so LIMIT stops early; only the rows returned are read from the table.
 _NEWEST: Final = (
-    "FROM kv AS a INDEXED BY kv_name_id_deleted WHERE a.name >= ?1 AND a.name < ?2 AND a.id <= ?3 AND a.deleted = 0 "
+    "FROM kv AS a INDEXED BY kv_name_id_deleted "
+    "WHERE a.name >= ?1 AND a.name < ?2 AND a.id <= ?3 AND a.deleted = 0 "
     "AND NOT EXISTS (SELECT 1 FROM kv AS b WHERE b.name = a.name AND b.id > a.id AND b.id <= ?3)"
 )
 _RANGE: Final = f"SELECT a.name, a.value, a.create_revision, a.id {_NEWEST} ORDER BY a.name LIMIT ?4"
@@ -201,7 +202,6 @@ class SQLiteWatch(AsyncIterator[WatchEvent]):
                 )
             if not self._started:
                 self._started = True
-                self._history_end = self._store._revision
                 compacted = self._store._compact_rev
                 if self._min_revision <= compacted:
                     self._finish()
@@ -215,7 +215,7 @@ class SQLiteWatch(AsyncIterator[WatchEvent]):
                 continue
             if sub.events:
                 event = sub.events.popleft()
-                if False:
+                if event.kv.mod_revision <= self._last:
                     continue
                 self._last = event.kv.mod_revision
                 return event
@@ -294,7 +294,10 @@ class SQLiteStore:
         if mode not in _SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS_MODES)}, not {synchronous!r}")
         path = Path(path)
-        db = sqlite3.connect(path, isolation_level=None, timeout=0)
+        try:
+            db = sqlite3.connect(path, isolation_level=None, timeout=0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
         try:
             # EXCLUSIVE before WAL keeps the WAL index in process memory and locks out other processes.
             db.execute("PRAGMA locking_mode = EXCLUSIVE")
@@ -313,7 +316,7 @@ class SQLiteStore:
             meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
             seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'kv'").fetchone()
             db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             db.close()
             if "locked" in str(exc):
                 raise StoreError(f"store {path} is in use by another process; stop it first") from exc

@@ -26,7 +26,13 @@ def _ago(**delta: float) -> str:
 
 
 def _meta(name: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "namespace": "default", "uid": f"uid-{name}", "creationTimestamp": _ago(minutes=5), **extra}
+    return {
+        "name": name,
+        "namespace": "default",
+        "uid": f"uid-{name}",
+        "creationTimestamp": _ago(minutes=5),
+        **extra,
+    }
 
 
 def _columns(table: dict[str, Any]) -> list[str]:
@@ -205,7 +211,14 @@ def test_event_table_involved_object_and_last_seen() -> None:
     }
     table = to_table(_kind("events"), [event], resource_version="9", now=NOW)
     assert _columns(table) == ["Name", "Last Seen", "Type", "Reason", "Object", "Message"]
-    assert table["rows"][0]["cells"] == ["vm1.17a", "30s", "Normal", "Started", "virtualmachine/vm1", "VM started"]
+    assert table["rows"][0]["cells"] == [
+        "vm1.17a",
+        "30s",
+        "Normal",
+        "Started",
+        "virtualmachine/vm1",
+        "VM started",
+    ]
 
 
 def test_rbac_created_at_is_a_timestamp() -> None:
@@ -217,7 +230,9 @@ def test_rbac_created_at_is_a_timestamp() -> None:
 
 def test_kind_without_columns_gets_name_and_age() -> None:
     kind = _kind("selfsubjectaccessreviews", "authorization.k8s.io")
-    table = to_table(kind, [{"metadata": {"name": "x", "creationTimestamp": _ago(days=3)}}], resource_version="1", now=NOW)
+    table = to_table(
+        kind, [{"metadata": {"name": "x", "creationTimestamp": _ago(days=3)}}], resource_version="1", now=NOW
+    )
     assert _columns(table) == ["Name", "Age"]
     assert table["columnDefinitions"][1]["type"] == "date"
     assert table["rows"][0]["cells"] == ["x", "3d"]
@@ -295,8 +310,13 @@ def test_include_object_variants_and_list_metadata() -> None:
         "apiVersion": "meta.k8s.io/v1",
         "metadata": cm["metadata"],
     }
-    assert to_table(kind, [cm], resource_version="5", include_object="Object", now=NOW)["rows"][0]["object"] == cm
-    assert "object" not in to_table(kind, [cm], resource_version="5", include_object="None", now=NOW)["rows"][0]
+    assert (
+        to_table(kind, [cm], resource_version="5", include_object="Object", now=NOW)["rows"][0]["object"]
+        == cm
+    )
+    assert (
+        "object" not in to_table(kind, [cm], resource_version="5", include_object="None", now=NOW)["rows"][0]
+    )
     beta = to_table(kind, [cm], resource_version="5", version="v1beta1", now=NOW)
     assert beta["apiVersion"] == "meta.k8s.io/v1beta1"
     assert beta["rows"][0]["object"]["apiVersion"] == "meta.k8s.io/v1beta1"
@@ -308,4 +328,8 @@ def test_empty_list_and_default_now() -> None:
     table = to_table(_kind("configmaps"), [], resource_version="1")
     assert table["rows"] == []
     cm = {"metadata": {"name": "a", "creationTimestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}}
-    assert to_table(_kind("configmaps"), [cm], resource_version="1")["rows"][0]["cells"][2] in ("0s", "1s", "2s")
+    assert to_table(_kind("configmaps"), [cm], resource_version="1")["rows"][0]["cells"][2] in (
+        "0s",
+        "1s",
+        "2s",
+    )

@@ -21,9 +21,9 @@ from kubevisor.client import kubeconfig
 from kubevisor.client.kubeconfig import Config, KubeconfigError
 
 
-def _pem_pair(common_name: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None = None) -> tuple[
-    bytes, bytes, x509.Name, ec.EllipticCurvePrivateKey
-]:
+def _pem_pair(
+    common_name: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None = None
+) -> tuple[bytes, bytes, x509.Name, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     issuer_name, issuer_key = issuer or (name, key)
@@ -142,7 +142,10 @@ def test_kubeconfig_env_names_the_default_file(tmp_path: Path, monkeypatch: pyte
             _kubeconfig({"server": "https://h:1", "certificate-authority-data": "!!!"}, {}),
             "not valid base64",
         ),
-        (_kubeconfig({"server": "https://h:1", "certificate-authority": "/nonexistent/ca"}, {}), "cannot read"),
+        (
+            _kubeconfig({"server": "https://h:1", "certificate-authority": "/nonexistent/ca"}, {}),
+            "cannot read",
+        ),
     ],
 )
 def test_broken_kubeconfigs_are_explained(data: dict[str, Any], message: str) -> None:
@@ -163,7 +166,10 @@ def test_ssl_context_verifies_with_the_ca_and_leaves_no_key_on_disk(
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     config = Config(
-        server="https://127.0.0.1:1", ca_data=pki["ca"], client_cert_data=pki["cert"], client_key_data=pki["key"]
+        server="https://127.0.0.1:1",
+        ca_data=pki["ca"],
+        client_cert_data=pki["cert"],
+        client_key_data=pki["key"],
     )
     ctx = config.ssl_context()
     assert ctx.verify_mode == ssl.CERT_REQUIRED

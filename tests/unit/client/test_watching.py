@@ -52,15 +52,19 @@ def test_line_splitter_reassembles_lines_from_any_chunking() -> None:
             lines.extend(splitter.feed(stream[pos : pos + step]))
             pos += step
         assert len(lines) == 50
-        assert [parse_event(line).object["metadata"]["name"] for line in lines] == [f"cm{i}" for i in range(50)]
+        assert [parse_event(line).object["metadata"]["name"] for line in lines] == [
+            f"cm{i}" for i in range(50)
+        ]
         assert splitter.flush() == b'{"partial": tr'
         assert splitter.flush() == b""
 
 
 def test_parse_event_reads_type_object_and_resource_version() -> None:
     event = parse_event(_event("BOOKMARK", "x", "42"))
-    assert event == WatchEvent("BOOKMARK", {"kind": "ConfigMap", "metadata": {"name": "x", "namespace": "ns",
-                                                                             "resourceVersion": "42"}})
+    assert event == WatchEvent(
+        "BOOKMARK",
+        {"kind": "ConfigMap", "metadata": {"name": "x", "namespace": "ns", "resourceVersion": "42"}},
+    )
     assert event.resource_version == "42"
     assert WatchEvent("ADDED", {}).resource_version == ""
 
@@ -99,7 +103,9 @@ async def test_watch_sends_the_query_and_yields_events_across_chunk_boundaries()
 
     async with _client(handler) as client:
         cms = client.resource("v1", "configmaps")
-        async with cms.watch("ns", resource_version="10", label_selector="app=x", timeout_seconds=30) as events:
+        async with cms.watch(
+            "ns", resource_version="10", label_selector="app=x", timeout_seconds=30
+        ) as events:
             got = [(e.type, e.resource_version) async for e in events]
     assert got == [("ADDED", "11"), ("MODIFIED", "12"), ("BOOKMARK", "15"), ("DELETED", "16")]
     (request,) = seen
@@ -165,11 +171,11 @@ async def test_a_stream_that_breaks_raises_transport_error() -> None:
 
 async def test_garbage_in_the_stream_raises_protocol_error() -> None:
     body = _event("ADDED", "a", "11") + b"<html>proxy error</html>\n"
-    async with _client(lambda request: httpx.Response(200, content=body)) as client:
-        async with client.resource("v1", "configmaps").watch() as stream:
+    client = _client(lambda request: httpx.Response(200, content=body))
+    async with client, client.resource("v1", "configmaps").watch() as stream:
+        await anext(stream)
+        with pytest.raises(ProtocolError):
             await anext(stream)
-            with pytest.raises(ProtocolError):
-                await anext(stream)
 
 
 async def test_leaving_the_block_early_closes_the_stream() -> None:

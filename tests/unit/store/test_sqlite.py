@@ -16,8 +16,8 @@ import pytest
 from kubevisor.store import sqlite as sqlite_store
 from kubevisor.store.protocol import CompactedError, KeyValue, StoreError, prefix_end
 from kubevisor.store.sqlite import SQLiteStore
-from tests.unit.store.conftest import take, watching
 from tests.unit.store.crash_writer import value_for
+from tests.unit.store.libwatch import take, watching
 
 P = "/t/"
 END = prefix_end(P)
@@ -180,6 +180,7 @@ async def test_compaction_removes_superseded_rows_and_tombstones(tmp_path: Path)
         kv = await store.update(P + "a", str(i).encode(), kv.mod_revision)
     await store.create(P + "b", b"b")
     await store.delete(P + "b")
+    await store.compact(await store.current_revision())  # the newest row is a tombstone
     keep = await store.create(P + "c", b"c")
     await store.compact(await store.current_revision())
     assert (await store.range(P, END)).kvs == [kv, keep]
@@ -264,3 +265,12 @@ async def test_range_reads_a_consistent_latest_value_per_key(store: SQLiteStore)
         written[key] = await store.update(key, b"new", written[key].mod_revision)
     result = await store.range(P, END)
     assert result.kvs == [written[key] for key in sorted(written)]
+
+
+async def test_opening_something_that_is_not_a_store_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="cannot open store"):
+        await SQLiteStore.open(tmp_path / "missing-dir" / "db.sqlite")
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open store"):
+        await SQLiteStore.open(junk)

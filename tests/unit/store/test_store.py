@@ -24,7 +24,7 @@ from kubevisor.store.protocol import (
     prefix_end,
 )
 from kubevisor.store.sqlite import SQLiteStore
-from tests.unit.store.conftest import take, watching
+from tests.unit.store.libwatch import take, watching
 
 P = "/t/"
 END = prefix_end(P)
