@@ -19,12 +19,11 @@ import os
 import signal
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +84,21 @@ class ApiProcess:
 
     def __enter__(self) -> ApiProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubevisor.cli.main", "up", "--data-dir", str(self.data_dir),
-             "--listen", f"127.0.0.1:{self.port}", "--log-level", "warning"],
-            cwd=ROOT, stdout=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "kubevisor.cli.main",
+                "up",
+                "--data-dir",
+                str(self.data_dir),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--log-level",
+                "warning",
+                *(["--no-controllers"] if os.environ.get("BENCH_NO_CONTROLLERS") else []),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 60
         ca = self.data_dir / "pki" / "ca.crt"
@@ -129,8 +140,10 @@ class ApiProcess:
 def report(name: str, api: float, store: float, unit: str, higher_is_better: bool) -> None:
     ratio = api / store if store else float("inf")
     note = "API/store" if not higher_is_better else "API/store (throughput)"
-    print(f"{name:<42} API {api:>10.2f} {unit:<9} store {store:>10.2f} {unit:<9} ratio {ratio:6.3f} ({note})",
-          flush=True)
+    print(
+        f"{name:<42} API {api:>10.2f} {unit:<9} store {store:>10.2f} {unit:<9} ratio {ratio:6.3f} ({note})",
+        flush=True,
+    )
 
 
 async def bench_api(api: ApiProcess, count: int, concurrency: int) -> dict[str, float]:
@@ -144,8 +157,9 @@ async def bench_api(api: ApiProcess, count: int, concurrency: int) -> dict[str, 
 
         async def create(i: int) -> None:
             async with http.post(CM, data=orjson.dumps(configmap(i)), headers=headers) as r:
+                body = await r.read()  # read it all, or aiohttp closes the connection instead of reusing it
                 if r.status != 201:
-                    raise RuntimeError(await r.text())
+                    raise RuntimeError(body.decode())
 
         secs = await bounded(count, concurrency, create)
         out["create_rate"] = count / secs
@@ -200,7 +214,8 @@ async def bench_api(api: ApiProcess, count: int, concurrency: int) -> dict[str, 
             obj = configmap(count + i, time.time())
             obj["metadata"]["labels"] = {"bench": "watch"}
             async with http.post(CM, data=orjson.dumps(obj), headers=headers) as r:
-                assert r.status == 201, await r.text()
+                body = await r.read()
+                assert r.status == 201, body
 
         await paced(n_writes, rate, write)
         await asyncio.wait_for(asyncio.gather(*watchers), 60)
@@ -209,10 +224,10 @@ async def bench_api(api: ApiProcess, count: int, concurrency: int) -> dict[str, 
     return out
 
 
-async def paced(n: int, rate: float, op: Callable[[int], Awaitable[None]]) -> None:
+async def paced(n: int, rate: float, op: Callable[[int], Coroutine[Any, Any, None]]) -> None:
     """Start op(i) at ``rate`` per second (open loop), then wait for all."""
     start = time.perf_counter()
-    tasks = []
+    tasks: list[asyncio.Task[None]] = []
     for i in range(n):
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
@@ -283,16 +298,28 @@ def main() -> None:
         store_figures = asyncio.run(bench_store(tmpdir / "baseline.sqlite", args.count, args.concurrency))
         with ApiProcess(tmpdir / "data") as api:
             api_figures = asyncio.run(bench_api(api, args.count, args.concurrency))
-    print(f"# {args.count} ConfigMaps, concurrency {args.concurrency}, {os.cpu_count()} cores, "
-          f"API server in its own process (kubevisor up), store baseline in-process")
+    print(
+        f"# {args.count} ConfigMaps, concurrency {args.concurrency}, {os.cpu_count()} cores, "
+        f"API server in its own process (kubevisor up), store baseline in-process"
+    )
     report("create rate (objects/s)", api_figures["create_rate"], store_figures["create_rate"], "obj/s", True)
     report("get p50 (ms)", api_figures["get_p50"], store_figures["get_p50"], "ms", False)
     report("get p99 (ms)", api_figures["get_p99"], store_figures["get_p99"], "ms", False)
     report(f"list all {args.count} (s)", api_figures["list_s"], store_figures["list_s"], "s", False)
-    report("watch delivery p50, 10 watchers, 500/s (ms)", api_figures["watch_p50"], store_figures["watch_p50"],
-           "ms", False)
-    report("watch delivery p99, 10 watchers, 500/s (ms)", api_figures["watch_p99"], store_figures["watch_p99"],
-           "ms", False)
+    report(
+        "watch delivery p50, 10 watchers, 500/s (ms)",
+        api_figures["watch_p50"],
+        store_figures["watch_p50"],
+        "ms",
+        False,
+    )
+    report(
+        "watch delivery p99, 10 watchers, 500/s (ms)",
+        api_figures["watch_p99"],
+        store_figures["watch_p99"],
+        "ms",
+        False,
+    )
     print(f"{'apiserver RSS after the run (MiB)':<42} {api_figures['rss_mib']:.1f}")
     goals = {
         "create >= 1000/s": api_figures["create_rate"] >= 1000,

@@ -13,10 +13,10 @@ import logging
 from pathlib import Path
 
 from kubevisor.api.registry import Registry, default_registry
+from kubevisor.apiserver import backends
 from kubevisor.apiserver.app import ApiServer
 from kubevisor.apiserver.pki import PKI, ensure_pki, write_kubeconfig
 from kubevisor.apiserver.serving import Listener, Server
-from kubevisor.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Platform:
         self.registry = registry or default_registry()
         self.run_controllers = controllers
         self.compaction_interval = compaction_interval
-        self.store: SQLiteStore | None = None
+        self.store: backends.Store | None = None
         self.app: ApiServer | None = None
         self.pki: PKI | None = None
         self._server: Server | None = None
@@ -66,7 +66,7 @@ class Platform:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
         self.pki = ensure_pki(self.data_dir / "pki", hosts=[self.host])
-        self.store = await SQLiteStore.open(self.data_dir / "db.sqlite")
+        self.store = await backends.open_embedded(self.data_dir / "db.sqlite")
         tokens = self.pki.token_issuer()
         self.app = ApiServer(
             self.store, self.registry, tokens=tokens, compaction_interval=self.compaction_interval

@@ -103,10 +103,10 @@ class TokenRequestSpec(KubeModel):
 class TokenRequestStatus(KubeModel):
     """The issued token."""
 
-    token: str
-    """Bearer token."""
-    expiration_timestamp: str
-    """When it expires."""
+    token: str | None = None
+    """Bearer token (clients send it empty; the server fills it)."""
+    expiration_timestamp: str | None = None
+    """When it expires (clients send null; the server fills it)."""
 
 
 class TokenRequest(KubeModel):

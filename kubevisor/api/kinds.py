@@ -223,7 +223,8 @@ KINDS: list[Kind] = [
         "v1",
         "Role",
         "roles",
-        rbac.Role, name_rule="path",
+        rbac.Role,
+        name_rule="path",
         strategic_merge=True,
         printer_columns=(
             PrinterColumn("Created At", "date", ".metadata.creationTimestamp", format="date-time"),
@@ -234,7 +235,8 @@ KINDS: list[Kind] = [
         "v1",
         "ClusterRole",
         "clusterroles",
-        rbac.ClusterRole, name_rule="path",
+        rbac.ClusterRole,
+        name_rule="path",
         namespaced=False,
         strategic_merge=True,
         printer_columns=(
@@ -246,7 +248,8 @@ KINDS: list[Kind] = [
         "v1",
         "RoleBinding",
         "rolebindings",
-        rbac.RoleBinding, name_rule="path",
+        rbac.RoleBinding,
+        name_rule="path",
         strategic_merge=True,
         printer_columns=(
             PrinterColumn("Role", value=lambda o: f"{o['roleRef']['kind']}/{o['roleRef']['name']}"),
@@ -259,7 +262,8 @@ KINDS: list[Kind] = [
         "v1",
         "ClusterRoleBinding",
         "clusterrolebindings",
-        rbac.ClusterRoleBinding, name_rule="path",
+        rbac.ClusterRoleBinding,
+        name_rule="path",
         namespaced=False,
         strategic_merge=True,
         printer_columns=(

@@ -9,11 +9,13 @@ Warn answers with ``Warning`` headers, Ignore drops them silently.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from kubevisor.api.registry import Kind, Obj
 from kubevisor.api.validation import (
@@ -30,6 +32,68 @@ MAX_BODY = 3 * 1024 * 1024
 """Largest request body accepted, as kube-apiserver's 3 MiB limit."""
 
 FIELD_VALIDATIONS = ("Strict", "Warn", "Ignore")
+
+MAX_DEPTH = 100
+"""Deepest nesting of objects and arrays accepted in a body or a patched object: validating, copying and
+comparing objects recurse in Python, which must stay far from the interpreter's recursion limit (and
+from orjson's 255 levels). No Kubernetes object comes close."""
+
+
+def _shape_problem(value: Any, max_values: int) -> str | None:
+    """Why ``value`` is unusable: nested deeper than :data:`MAX_DEPTH`, more than ``max_values`` values
+    (YAML aliases expand a small body into a huge one), or a NaN or infinite number. None if usable."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    count = 0
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if count > max_values:
+            return f"it expands to more than {max_values} values"
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            if isinstance(item, float) and not math.isfinite(item):
+                return f"{item} is not a JSON number"
+            continue
+        if depth >= MAX_DEPTH:
+            return f"it is nested deeper than {MAX_DEPTH} levels"
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def json_problem(value: Any, max_values: int) -> str | None:
+    """Why ``value`` cannot be stored as JSON (see :func:`_shape_problem`; also numbers beyond 64 bits,
+    lone surrogates, non-JSON types), or None."""
+    problem = _shape_problem(value, max_values)
+    if problem is None:
+        try:
+            orjson.dumps(value)
+        except TypeError as exc:  # orjson.JSONEncodeError
+            problem = f"it is not JSON data: {exc}"
+    return problem
+
+
+class _YAMLLoader(yaml.SafeLoader):
+    """YAML read as Kubernetes reads it (sigs.k8s.io/yaml): timestamps stay strings."""
+
+
+_YAMLLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _yaml_as_json(value: Any, max_values: int) -> Any:
+    """A YAML document as the JSON it stands for; non-string keys become strings, as in Kubernetes."""
+    problem = _shape_problem(value, max_values)
+    if problem is None:
+        try:
+            return orjson.loads(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+        except TypeError as exc:  # orjson.JSONEncodeError: binary, sets, lone surrogates, huge numbers
+            problem = f"it is not JSON data: {exc}"
+    raise errors.bad_request(f"the request body cannot be used: {problem}")
 
 
 class _Dict(dict[str, Any]):
@@ -61,14 +125,6 @@ def _find_duplicates(value: Any, path: str) -> Iterator[str]:
             yield from _find_duplicates(sub, f"{path}[{i}]")
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
 def decode_body(body: bytes, content_type: str, *, track_duplicates: bool) -> tuple[Any, list[str]]:
     """Parse a JSON or YAML body; returns the value and the paths of duplicate fields."""
     if len(body) > MAX_BODY:
@@ -78,9 +134,12 @@ def decode_body(body: bytes, content_type: str, *, track_duplicates: bool) -> tu
     media = content_type.split(";", maxsplit=1)[0].strip().lower()
     if media in ("application/yaml", "application/apply-patch+yaml", "text/yaml"):
         try:
-            return yaml.safe_load(body), []
+            value = yaml.load(body, Loader=_YAMLLoader)  # a SafeLoader
         except yaml.YAMLError as exc:
             raise errors.bad_request(f"the request body is not valid YAML: {exc}") from exc
+        except RecursionError as exc:
+            raise errors.bad_request("the request body is not valid YAML: nested too deeply") from exc
+        return _yaml_as_json(value, len(body) + 16), []
     if media == protobuf.MEDIA_TYPE:
         return protobuf.decode(body), []
     if media not in ("", "application/json", "*/*") and not media.endswith("+json"):
@@ -88,16 +147,32 @@ def decode_body(body: bytes, content_type: str, *, track_duplicates: bool) -> tu
             f'the body of the request was in an unknown format ("{media}") - accepted media types include: '
             "application/json, application/yaml"
         )
+    # orjson refuses what the store could not encode (invalid UTF-8, lone surrogates, NaN) and caps nesting.
     try:
-        if not track_duplicates:
-            import orjson
-
-            return orjson.loads(body), []
-        value = json.loads(body, object_pairs_hook=_pairs)
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise errors.bad_request(f"the request body is not valid JSON: {exc}") from exc
-    dups = list(_find_duplicates(value, ""))
-    return (_plain(value) if dups else value), dups
+    problem = _shape_problem(value, len(body) + 16)
+    if problem is not None:
+        raise errors.bad_request(f"the request body cannot be used: {problem}")
+    if not track_duplicates:
+        return value, []
+    # Both parsers keep the last of duplicate keys; the standard one also says which keys were repeated.
+    return value, list(_find_duplicates(json.loads(body, object_pairs_hook=_pairs), ""))
+
+
+def check_types(model: type[BaseModel], value: Any, what: str) -> None:
+    """400 if ``value`` is not an object of ``model`` or has a field of the wrong type; unknown and
+    missing fields are let through (options bodies: DeleteOptions, TokenRequest)."""
+    try:
+        model.model_validate(value, strict=True)
+    except ValidationError as exc:
+        for err in exc.errors():
+            if err["type"] not in ("extra_forbidden", "missing"):
+                where = _loc_path(tuple(err["loc"])) or "body"
+                raise errors.bad_request(
+                    f"the request body is not a valid {what}: {where}: {err['msg']}"
+                ) from None
 
 
 def _loc_path(loc: tuple[int | str, ...]) -> str:

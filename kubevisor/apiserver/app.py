@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import logging
 import platform
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from kubevisor.api.authz import TokenRequest
+from kubevisor.api.meta import DeleteOptions
 from kubevisor.api.registry import Kind, Obj, Registry
+from kubevisor.api.validation import FieldError
 from kubevisor.apiserver import admission, errors, patching, tables, watching
 from kubevisor.apiserver.auth import (
     RBAC,
@@ -115,8 +119,30 @@ def _bool(value: str | None) -> bool:
     return value in ("true", "1", "True")
 
 
+def _int64(text: str) -> int:
+    """A query parameter Kubernetes declares int64 (ValueError if it is not one)."""
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(text)
+    return value
+
+
 def _quote_warning(text: str) -> str:
-    return '299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # Like Kubernetes, no control characters; non-ASCII text is sent as UTF-8 bytes (headers are latin-1).
+    text = "".join(c if c.isprintable() else "\ufffd" for c in text)
+    quoted = '299 - "' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return quoted.encode("utf-8").decode("latin-1")
+
+
+def _status_response(err: errors.ApiError) -> Response:
+    """``err`` as a Status answer. Its message may quote the request, lone surrogates and huge numbers
+    included: what orjson cannot encode, the standard encoder escapes."""
+    body = err.status()
+    try:
+        content = orjson.dumps(body)
+    except TypeError:  # orjson.JSONEncodeError
+        content = json.dumps(body, default=str).encode()
+    return Response(content, status_code=err.code, media_type=JSON, headers=err.headers)
 
 
 class ApiServer:
@@ -214,11 +240,11 @@ class ApiServer:
         try:
             response = await self.handle(request)
         except errors.ApiError as exc:
-            response = _json(exc.status(), exc.code, exc.headers)
+            response = _status_response(exc)
         except Exception as exc:
             log.exception("internal error serving %s %s", request.method, request.url.path)
             err = errors.ApiError(500, "InternalError", f"an internal error occurred: {exc}")
-            response = _json(err.status(), 500)
+            response = _status_response(err)
         await response(scope, receive, send)
 
     async def handle(self, request: Request) -> Response:
@@ -458,7 +484,9 @@ class ApiServer:
                 f"the kind in the data ({obj_kind}) does not match the expected kind ({kind.kind})"
             )
         meta = value.get("metadata")
-        if meta is not None and not isinstance(meta, dict):
+        if meta is None:
+            value.pop("metadata", None)  # "metadata": null is no metadata
+        elif not isinstance(meta, dict):
             raise errors.bad_request("metadata must be an object")
         return value, dups
 
@@ -473,14 +501,16 @@ class ApiServer:
         q = request.query_params
         kind = target.kind
         try:
-            limit = int(q.get("limit") or 0)
+            limit = _int64(q.get("limit") or "0")
         except ValueError as exc:
             raise errors.bad_request(f"limit: invalid value {q.get('limit')!r}") from exc
         revision = 0
         rv = q.get("resourceVersion")
         if rv and q.get("resourceVersionMatch") == "Exact":
             try:
-                revision = int(rv)
+                revision = _int64(rv)
+                if revision < 0:
+                    raise ValueError(rv)
             except ValueError as exc:
                 raise errors.bad_request(f"resourceVersion: invalid value {rv!r}") from exc
         mode, version = _negotiate(request.headers.get("accept", ""))
@@ -546,7 +576,7 @@ class ApiServer:
                 },
             )
         try:
-            timeout = float(q.get("timeoutSeconds") or DEFAULT_WATCH_TIMEOUT)
+            timeout = float(_int64(q["timeoutSeconds"])) if q.get("timeoutSeconds") else DEFAULT_WATCH_TIMEOUT
         except ValueError as exc:
             raise errors.bad_request("timeoutSeconds: invalid value") from exc
         flt = self._filter(request)
@@ -645,7 +675,14 @@ class ApiServer:
             new = copy.deepcopy(obj)
             if target.subresource == "finalize":
                 result = copy.deepcopy(current)
-                result.setdefault("spec", {})["finalizers"] = (new.get("spec") or {}).get("finalizers") or []
+                spec = new.get("spec") or {}
+                if not isinstance(spec, dict):
+                    raise errors.invalid(
+                        kind,
+                        target.name,
+                        [FieldError("spec", f"{spec!r}: must be an object", "FieldValueTypeInvalid")],
+                    )
+                result.setdefault("spec", {})["finalizers"] = spec.get("finalizers") or []
                 new = result
             else:
                 new = self.objects.merge_update(kind, current, new, target.subresource)
@@ -682,6 +719,9 @@ class ApiServer:
                 raise errors.ApiError(422, "Invalid", f"the patch could not be applied: {exc}") from exc
             if not isinstance(patched, dict) or not isinstance(patched.get("metadata", {}), dict):
                 raise errors.bad_request("the patch result is not an object")
+            problem = admission.json_problem(patched, 4 * admission.MAX_BODY)
+            if problem is not None:
+                raise errors.ApiError(422, "Invalid", f"the patch could not be applied: {problem}")
             meta = patched.setdefault("metadata", {})
             if meta.get("name") != target.name:
                 raise errors.bad_request("the patch may not change metadata.name")
@@ -707,13 +747,14 @@ class ApiServer:
             )
             if not isinstance(value, dict):
                 raise errors.bad_request("the request body must be a DeleteOptions object")
+            admission.check_types(DeleteOptions, value, "DeleteOptions")
             options = value
         q = request.query_params
         if q.get("propagationPolicy"):
             options["propagationPolicy"] = q["propagationPolicy"]
         if q.get("gracePeriodSeconds"):
             try:
-                options["gracePeriodSeconds"] = int(q["gracePeriodSeconds"])
+                options["gracePeriodSeconds"] = _int64(q["gracePeriodSeconds"])
             except ValueError as exc:
                 raise errors.bad_request("gracePeriodSeconds: invalid value") from exc
         if q.get("orphanDependents") is not None:
@@ -770,8 +811,8 @@ class ApiServer:
             value, _ = admission.decode_body(
                 body, request.headers.get("content-type", JSON), track_duplicates=False
             )
-            if isinstance(value, dict):
-                spec = value.get("spec") or {}
+            admission.check_types(TokenRequest, value, "TokenRequest")
+            spec = value.get("spec") or {}
         seconds = int(spec.get("expirationSeconds") or 3600)
         if seconds < 600:
             raise errors.ApiError(
@@ -779,6 +820,13 @@ class ApiServer:
                 "Invalid",
                 "TokenRequest is invalid: spec.expirationSeconds: may not specify a duration less "
                 "than 10 minutes",
+            )
+        if seconds > 2**32:
+            raise errors.ApiError(
+                422,
+                "Invalid",
+                "TokenRequest is invalid: spec.expirationSeconds: may not specify a duration larger "
+                "than 2^32 seconds",
             )
         token, expires = self.tokens.issue(
             username=service_account_user(target.namespace, target.name),
@@ -843,7 +891,7 @@ class ApiServer:
                 kind,
                 None,
                 [
-                    admission.FieldError(
+                    FieldError(
                         "spec",
                         "exactly one of nonResourceAttributes or resourceAttributes must be specified",
                         "FieldValueRequired",

@@ -51,7 +51,7 @@ class ApiError(Exception):
 def _details(kind: Kind | None, name: str | None, causes: Sequence[FieldError] = ()) -> dict[str, Any]:
     details: dict[str, Any] = {}
     if name:
-        details["name"] = name
+        details["name"] = str(name)  # a name from a request body may be any JSON value
     if kind is not None:
         if kind.group:
             details["group"] = kind.group

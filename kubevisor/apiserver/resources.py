@@ -91,7 +91,8 @@ def field_value(obj: Obj, path: str) -> str | None:
 def field_getter(kind: Kind, obj: Obj) -> Callable[[str], str | None]:
     def get(field: str) -> str | None:
         if field == "metadata.name":
-            return obj["metadata"].get("name")
+            name: str | None = obj["metadata"].get("name")
+            return name
         if field == "metadata.namespace":
             return obj["metadata"].get("namespace") or ""
         path = kind.field_selectors.get(field)
@@ -142,9 +143,12 @@ def decode_continue(token: str) -> tuple[int, str]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = orjson.loads(raw)
-        return int(data["rv"]), str(data["start"])
+        revision, start = data["rv"], data["start"]
     except (ValueError, KeyError, TypeError) as exc:
         raise errors.bad_request(f"continue key is not valid: {exc}") from exc
+    if type(revision) is not int or not 0 < revision < 2**63 or not isinstance(start, str):
+        raise errors.bad_request("continue key is not valid: incorrect encoded start resourceVersion or key")
+    return revision, start
 
 
 def _spec_of(kind: Kind, obj: Obj) -> dict[str, Any]:
@@ -258,6 +262,16 @@ class Objects:
             meta.pop("namespace", None)
         if not meta.get("name"):
             prefix = meta.get("generateName")
+            if prefix and not isinstance(prefix, str):
+                raise errors.invalid(
+                    kind,
+                    None,
+                    [
+                        FieldError(
+                            "metadata.generateName", f"{prefix!r}: must be a string", "FieldValueInvalid"
+                        )
+                    ],
+                )
             if not prefix:
                 raise errors.invalid(
                     kind,

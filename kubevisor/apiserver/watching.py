@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -22,6 +24,8 @@ from kubevisor.apiserver.resources import Filter, Objects, decode, key_prefix
 from kubevisor.store import CompactedError, StoreError, WatchEvent, WatchOverflowError, prefix_end
 
 BOOKMARK_INTERVAL = 15.0
+
+log = logging.getLogger(__name__)
 
 
 def line(event_type: str, obj: Any) -> bytes:
@@ -79,21 +83,29 @@ class _SharedEvents:
         return data
 
 
-SHARED = _SharedEvents()
+_SHARED: weakref.WeakKeyDictionary[object, _SharedEvents] = weakref.WeakKeyDictionary()
 
 
-def convert(kind: Kind, flt: Filter, ev: WatchEvent) -> tuple[str, Obj] | None:
+def shared_events(store: object) -> _SharedEvents:
+    """The event cache of one store (keys and revisions are only unique within a store)."""
+    cache = _SHARED.get(store)
+    if cache is None:
+        cache = _SHARED[store] = _SharedEvents()
+    return cache
+
+
+def convert(kind: Kind, flt: Filter, ev: WatchEvent, shared: _SharedEvents) -> tuple[str, Obj] | None:
     """The watch event a store event means for this filter, or None. The object is shared: read-only."""
     if ev.type == "DELETE":
         if ev.prev is None:
             return None
-        old = SHARED.obj(ev, prev=True)
+        old = shared.obj(ev, prev=True)
         return ("DELETED", old) if flt.empty or flt.matches(kind, old) else None
-    new = SHARED.obj(ev, prev=False)
+    new = shared.obj(ev, prev=False)
     if flt.empty:
         return ("ADDED" if ev.prev is None else "MODIFIED"), new
     new_match = flt.matches(kind, new)
-    old_match = ev.prev is not None and flt.matches(kind, SHARED.obj(ev, prev=True))
+    old_match = ev.prev is not None and flt.matches(kind, shared.obj(ev, prev=True))
     if new_match:
         return ("MODIFIED" if old_match else "ADDED"), new
     if old_match:
@@ -124,19 +136,24 @@ async def stream(
     else:
         try:
             start_rev = int(resource_version) + 1
+            if not 0 < start_rev < 2**63:  # the store refuses negative revisions, SQLite larger ones
+                raise ValueError(resource_version)
         except ValueError:
             yield expired(f"invalid resource version: {resource_version}")
             return
     last_rv = start_rev - 1
     prefix = key_prefix(kind, namespace)
     queue: asyncio.Queue[WatchEvent | BaseException | None] = asyncio.Queue(maxsize=1000)
+    shared = shared_events(objects.store)
 
     async def pump() -> None:
         try:
             async for ev in objects.store.watch(prefix, prefix_end(prefix), start_rev):
                 await queue.put(ev)
             await queue.put(None)
-        except (StoreError, OSError) as exc:
+        except Exception as exc:  # whatever it is, the stream ends cleanly rather than mid-chunk
+            if not isinstance(exc, StoreError | OSError):
+                log.exception("watch of %s failed", prefix)
             await queue.put(exc)
 
     task = asyncio.create_task(pump())
@@ -176,11 +193,11 @@ async def stream(
             batch: list[bytes] = []
             while True:
                 last_rv = item.kv.mod_revision
-                converted = convert(kind, flt, item)
+                converted = convert(kind, flt, item, shared)
                 if converted is not None:
                     event_type, obj = converted
                     batch.append(
-                        SHARED.line(item, event_type, obj) if render is None else line(event_type, show(obj))
+                        shared.line(item, event_type, obj) if render is None else line(event_type, show(obj))
                     )
                 if queue.empty() or len(batch) >= 256:
                     break

@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default="/var/lib/kubevisor", type=Path, help="state directory")
     up.add_argument("--listen", default="127.0.0.1:6443", help="HOST:PORT of the API server")
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    up.add_argument(
+        "--no-controllers", action="store_true", help="run only the API server (controllers run elsewhere)"
+    )
     return parser
 
 
@@ -31,7 +34,7 @@ async def _up(args: argparse.Namespace) -> int:
     from kubevisor import platform
 
     try:
-        plat = platform.Platform(args.data_dir, args.listen)
+        plat = platform.Platform(args.data_dir, args.listen, controllers=not args.no_controllers)
     except ValueError as exc:
         print(f"kubevisor up: {exc}", file=sys.stderr)
         return 2

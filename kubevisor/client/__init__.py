@@ -19,6 +19,7 @@ public surface::
 - :mod:`~kubevisor.client.leaderelection`: :class:`LeaderElector` on a Lease
 - :mod:`~kubevisor.client.events`: :class:`EventRecorder`
 - :mod:`~kubevisor.client.timestamps`: Kubernetes ``Time``/``MicroTime`` formatting
+- :mod:`~kubevisor.client.sending`: cancellation-safe request sending (works around an httpcore leak)
 """
 
 from kubevisor.client.errors import (

@@ -28,7 +28,7 @@ import random
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from kubevisor.api.registry import Obj
 from kubevisor.client import errors
@@ -117,7 +117,7 @@ class Informer:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Informer:
+    async def __aenter__(self) -> Self:
         self.start()
         return self
 
@@ -172,7 +172,8 @@ class Informer:
             synced.cancel()
             await asyncio.gather(synced, return_exceptions=True)
         if not self._synced.is_set():
-            task.result()  # the informer died: raise its error
+            if not task.cancelled():
+                task.result()  # the informer died: raise its error
             raise RuntimeError(f"{self!r} stopped before it synced")
 
     # --- cache ---------------------------------------------------------------------------------
@@ -248,9 +249,12 @@ class Informer:
             except errors.GoneError:
                 log.info("%r: resourceVersion %s expired; listing again", self, self._resource_version)
                 need_list = True
-            except (errors.ClientError, OSError) as exc:
-                # Includes NotFound/Forbidden for a kind the server lost: keep trying, slowly.
-                log.warning("%r: %s; retrying in %.1fs", self, exc, delay)
+            except Exception as exc:
+                # Includes NotFound/Forbidden for a kind the server lost, and bugs: keep trying, slowly.
+                if isinstance(exc, errors.ClientError | OSError):
+                    log.warning("%r: %s; retrying in %.1fs", self, exc, delay)
+                else:
+                    log.exception("%r: unexpected error; retrying in %.1fs", self, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.backoff_max)
 

@@ -59,14 +59,16 @@ class Config:
 
     def ssl_context(self) -> ssl.SSLContext:
         """An ``SSLContext`` that verifies the server and presents the client certificate, if any."""
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         if self.insecure_skip_tls_verify:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         elif self.ca_data:
-            # A kubeconfig CA replaces the system store, as in client-go.
+            # A kubeconfig CA replaces the system store, as in client-go (and skips loading that store).
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.load_verify_locations(cadata=self.ca_data.decode("ascii"))
+        else:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         if self.client_cert_data and self.client_key_data:
             _load_cert_chain(ctx, self.client_cert_data, self.client_key_data)
         elif self.client_cert_data or self.client_key_data:

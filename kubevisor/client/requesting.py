@@ -23,7 +23,7 @@ import os
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, Self, TypeVar, overload
 from urllib.parse import quote
 
 import httpx
@@ -32,6 +32,7 @@ from pydantic import BaseModel
 
 from kubevisor.api.registry import Kind, Obj, Registry
 from kubevisor.client import errors, kubeconfig
+from kubevisor.client.sending import send_completely
 from kubevisor.client.watching import Watch
 
 M = TypeVar("M", bound=BaseModel)
@@ -151,7 +152,7 @@ class Client:
         """A client for ``context`` (default: current-context) of the kubeconfig at ``path``."""
         return cls(kubeconfig.load(path, context), **options)
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -246,7 +247,7 @@ class Client:
         """Send one request and return its decoded JSON body (None if empty); raise on failure."""
         request = self.build_request(method, path, params=params, body=body, content_type=content_type)
         try:
-            response = await self._http.send(request)
+            response = await send_completely(self._http, request)
         except httpx.TransportError as exc:
             raise errors.TransportError(f"{method} {request.url}: {exc!r}") from exc
         if response.status_code >= 400:

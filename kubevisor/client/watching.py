@@ -23,12 +23,13 @@ import contextlib
 import types
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, Self, cast
 
 import httpx
 import orjson
 
 from kubevisor.client import errors
+from kubevisor.client.sending import send_completely
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"]
 EVENT_TYPES: frozenset[str] = frozenset({"ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"})
@@ -105,7 +106,7 @@ class Watch:
         self._lines: deque[bytes] = deque()
         self._closed = False
 
-    async def __aenter__(self) -> Watch:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -155,7 +156,7 @@ class Watch:
 
     async def _open(self) -> None:
         try:
-            response = await self._http.send(self._request, stream=True)
+            response = await send_completely(self._http, self._request, stream=True)
         except httpx.TransportError as exc:
             self._closed = True
             raise errors.TransportError(f"watch {self._request.url}: {exc!r}") from exc

@@ -29,6 +29,7 @@ import logging
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Self
 
 from kubevisor.api.registry import Obj
 from kubevisor.client import errors
@@ -181,7 +182,7 @@ class Controller:
         for informer in self.informers:
             await informer.stop()
 
-    async def __aenter__(self) -> Controller:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

@@ -97,7 +97,10 @@ class RangeResult:
 
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
-    """A change of one key. For ``DELETE``, ``kv.value`` is empty and ``kv.mod_revision`` is the deletion's revision."""
+    """A change of one key.
+
+    For ``DELETE``, ``kv.value`` is empty and ``kv.mod_revision`` is the revision of the deletion.
+    """
 
     type: Literal["PUT", "DELETE"]
     kv: KeyValue

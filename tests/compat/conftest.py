@@ -86,7 +86,14 @@ class Kubectl:
         return Kubectl(self.version, self.binary, kubeconfig, self.cache_dir, self.home)
 
     def argv(self, *args: str) -> list[str]:
-        return [str(self.binary), "--kubeconfig", str(self.kubeconfig), "--cache-dir", str(self.cache_dir), *args]
+        return [
+            str(self.binary),
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--cache-dir",
+            str(self.cache_dir),
+            *args,
+        ]
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
@@ -157,7 +164,20 @@ class Background:
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
-        self._stderr.extend(self.proc.stderr)
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+
+    def wait_until_watching(self, timeout: float = 30.0) -> None:
+        """Wait until kubectl (run with ``-v=6``) has an open watch: its log shows a 200 to ``watch=true``."""
+
+        def watching() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"kubectl exited ({self.proc.returncode}) before watching: {self.stderr()}"
+                )
+            return any("watch=true" in line and "200 OK" in line for line in list(self._stderr))
+
+        wait_until(watching, timeout, "kubectl to open its watch")
 
     def wait_for_line(self, predicate: Callable[[str], bool], timeout: float = 30.0) -> str:
         deadline = time.monotonic() + timeout
@@ -184,7 +204,9 @@ class Background:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"kubectl still running after {timeout}s; stdout so far: {self.seen}") from None
+            raise AssertionError(
+                f"kubectl still running after {timeout}s; stdout so far: {self.seen}"
+            ) from None
         while (line := self.lines.get(timeout=timeout)) is not None:
             self.seen.append(line)
         return code, "\n".join(self.seen), self.stderr()
@@ -225,7 +247,9 @@ def patch_content_types(verbose_stderr: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformThread]:
-    with platform_thread(tmp_path_factory.mktemp("platform"), registry=registry_with_test_kinds()) as plat:
+    """The API server under test; controllers off, since nothing kubectl does here needs them."""
+    data = tmp_path_factory.mktemp("platform")
+    with platform_thread(data, registry=registry_with_test_kinds(), controllers=False) as plat:
         yield plat
 
 
@@ -257,6 +281,8 @@ def namespace(kubectl: Kubectl, api: httpx.Client, request: pytest.FixtureReques
     """A fresh namespace for one test (the platform is shared by the module)."""
     base = re.sub(r"[^a-z0-9]+", "-", request.node.originalname.removeprefix("test_").lower())
     name = f"{base[:40].strip('-')}-{kubectl.minor}-{next(_names)}"
-    r = api.post("/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    r = api.post(
+        "/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
     assert r.status_code == 201, r.text
     return name

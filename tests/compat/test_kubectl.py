@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from kubevisor.testing.cluster import PlatformThread
-from tests.compat.conftest import Kubectl, patch_content_types, wait_until
+from tests.compat.conftest import Kubectl, patch_content_types
 
 WD_GROUP = "/apis/test.kubevisor.io/v1"
 SMP = "application/strategic-merge-patch+json"
@@ -125,8 +125,9 @@ def test_apply_configmap_create_then_update_sends_strategic_merge_patch(
 
     r = kubectl.run("apply", "-n", namespace, "-f", path, *kubectl.validate_flags)
     assert r.stdout.strip() == "configmap/settings unchanged"
-    assert get(api, cm_path(namespace, "settings"))["metadata"]["resourceVersion"] == (
-        updated["metadata"]["resourceVersion"]
+    assert (
+        get(api, cm_path(namespace, "settings"))["metadata"]["resourceVersion"]
+        == (updated["metadata"]["resourceVersion"])
     )
 
 
@@ -245,7 +246,11 @@ def test_apply_unknown_field_fails_with_strict_decoding_error(
 
 def test_get_yaml_json_and_wide(kubectl: Kubectl, api: httpx.Client, namespace: str) -> None:
     made = create(api, wd_path(namespace), widget("cog", {"size": 5, "color": "green"}))
-    set_status(api, wd_path(namespace, "cog"), {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]})
+    set_status(
+        api,
+        wd_path(namespace, "cog"),
+        {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    )
     create(api, cm_path(namespace), configmap("two-keys", {"x": "1", "y": "2"}))
 
     as_yaml = yaml.safe_load(kubectl.run("get", "widget", "cog", "-n", namespace, "-o", "yaml").stdout)
@@ -271,6 +276,7 @@ def test_get_yaml_json_and_wide(kubectl: Kubectl, api: httpx.Client, namespace: 
 
 @pytest.mark.parametrize("resource", ["widgets", "configmaps"])
 def test_get_watch_sees_a_change(kubectl: Kubectl, api: httpx.Client, namespace: str, resource: str) -> None:
+    change: dict[str, Any]
     if resource == "widgets":
         create(api, wd_path(namespace), widget("watched", {"size": 1}))
         path, change = wd_path(namespace, "watched"), {"spec": {"size": 42}}
@@ -334,8 +340,11 @@ def test_describe_lists_events_of_the_object(kubectl: Kubectl, api: httpx.Client
     assert "WidgetPolished" in out and "widget event for describe" in out
     assert "ConfigTouched" not in out
 
-    out = kubectl.run("describe", "secret", "-n", namespace).stdout
-    assert out == "" or "Events" not in out  # nothing to describe, and no error either
+    create(api, secret_path(namespace), {"metadata": {"name": "described"}, "stringData": {"key": "12345"}})
+    out = kubectl.run("describe", "secret", "described", "-n", namespace).stdout
+    assert "Type:  Opaque" in out and "key:  5 bytes" in out and "12345" not in out
+    out = kubectl.run("describe", "namespace", namespace).stdout
+    assert f"Name:         {namespace}" in out and "Status:       Active" in out
 
 
 # --- delete ----------------------------------------------------------------------------------------
@@ -377,17 +386,24 @@ def test_delete_with_finalizer_returns_once_the_finalizer_is_removed(
         path = wd_path(namespace, "held")
         create(api, wd_path(namespace), widget("held", {"size": 1}, finalizers=["compat.test/hold"]))
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        deleting = pool.submit(kubectl.run, "delete", resource, "held", "-n", namespace, "--wait", "--timeout=60s")
-        wait_until(lambda: get(api, path)["metadata"].get("deletionTimestamp"), what="deletionTimestamp")
-        assert not deleting.done(), "kubectl delete returned while a finalizer was pending"
-        r = kubectl.run(
-            "patch", resource, "held", "-n", namespace, "--type", "merge", "-p", '{"metadata":{"finalizers":null}}'
-        )
-        assert "patched" in r.stdout
-        result = deleting.result(timeout=60)
-    assert result.returncode == 0
-    assert '"held" deleted' in result.stdout
+    deleting = kubectl.background(
+        "delete", resource, "held", "-n", namespace, "--wait", "--timeout=60s", "-v=6"
+    )
+    try:
+        deleting.wait_until_watching()  # kubectl saw the object still there and waits for DELETED
+        assert get(api, path)["metadata"]["deletionTimestamp"]
+        assert deleting.running(), "kubectl delete returned while a finalizer was pending"
+        unfinalize = '{"metadata":{"finalizers":null}}'
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            patching = pool.submit(
+                kubectl.run, "patch", resource, "held", "-n", namespace, "--type", "merge", "-p", unfinalize
+            )
+            assert "patched" in patching.result(timeout=60).stdout
+        code, out, err = deleting.finish()
+    finally:
+        deleting.kill()
+    assert code == 0, err
+    assert out.strip().endswith('"held" deleted')
     assert gone(api, path)
 
 
@@ -408,9 +424,21 @@ def test_patch_json_merge_and_strategic(kubectl: Kubectl, api: httpx.Client, nam
     r = kubectl.run(*cm_args, "--type", "strategic", "-p", '{"data":{"s":"strategic"}}')
     assert r.stdout.strip() == "configmap/patched patched (no change)"
 
-    kubectl.run("patch", "secret", "patched", "-n", namespace, "--type", "strategic", "-p", f'{{"data":{{"k2":"{b64("w")}"}}}}')
+    kubectl.run(
+        "patch",
+        "secret",
+        "patched",
+        "-n",
+        namespace,
+        "--type",
+        "strategic",
+        "-p",
+        f'{{"data":{{"k2":"{b64("w")}"}}}}',
+    )
     assert get(api, secret_path(namespace, "patched"))["data"] == {"k": b64("v"), "k2": b64("w")}
-    kubectl.run("patch", "namespace", namespace, "--type", "merge", "-p", '{"metadata":{"labels":{"patched":"yes"}}}')
+    kubectl.run(
+        "patch", "namespace", namespace, "--type", "merge", "-p", '{"metadata":{"labels":{"patched":"yes"}}}'
+    )
     assert get(api, f"/api/v1/namespaces/{namespace}")["metadata"]["labels"]["patched"] == "yes"
 
     wd_args = ("patch", "widget", "patched", "-n", namespace)
@@ -427,7 +455,9 @@ def test_patch_json_merge_and_strategic(kubectl: Kubectl, api: httpx.Client, nam
     assert "application/merge-patch+json" in refused.stderr
     assert get(api, wd_path(namespace, "patched"))["spec"]["size"] == 7
 
-    bad = kubectl.run(*wd_args, "--type", "json", "-p", '[{"op":"remove","path":"/spec/missing"}]', check=False)
+    bad = kubectl.run(
+        *wd_args, "--type", "json", "-p", '[{"op":"remove","path":"/spec/missing"}]', check=False
+    )
     assert_clean_failure(bad)
     assert "The request is invalid" in bad.stderr  # kubectl's words for a 422
 
@@ -440,12 +470,23 @@ def test_wait_for_condition_set_through_status_subresource(
 ) -> None:
     create(api, wd_path(namespace), widget("ready", {"size": 1}))
     set_status(api, wd_path(namespace, "ready"), {"conditions": [{"type": "Ready", "status": "False"}]})
-    waiter = kubectl.background("wait", "--for=condition=Ready", "widget/ready", "-n", namespace, "--timeout=60s")
+    waiter = kubectl.background(
+        "wait", "--for=condition=Ready", "widget/ready", "-n", namespace, "--timeout=60s", "-v=6"
+    )
     try:
+        waiter.wait_until_watching()  # so the condition arrives through the watch
         status_patch = '{"status":{"phase":"Done","conditions":[{"type":"Ready","status":"True"}]}}'
         assert waiter.running(), "kubectl wait returned while the condition was False"
         r = kubectl.run(
-            "patch", "widget", "ready", "-n", namespace, "--subresource=status", "--type=merge", "-p", status_patch
+            "patch",
+            "widget",
+            "ready",
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            status_patch,
         )
         assert r.stdout.strip() == "widget.test.kubevisor.io/ready patched"
         code, out, err = waiter.finish()
@@ -464,12 +505,14 @@ def test_wait_for_delete(kubectl: Kubectl, api: httpx.Client, namespace: str) ->
     create(api, wd_path(namespace), widget("short-lived", {"size": 1}))
     create(api, cm_path(namespace), configmap("short-lived", {}))
     waiters = [
-        kubectl.background("wait", "--for=delete", f"{kind}/short-lived", "-n", namespace, "--timeout=60s")
+        kubectl.background(
+            "wait", "--for=delete", f"{kind}/short-lived", "-n", namespace, "--timeout=60s", "-v=6"
+        )
         for kind in ("widget", "configmap")
     ]
     try:
         for waiter in waiters:
-            assert waiter.running()
+            waiter.wait_until_watching()  # so the deletion arrives through the watch
         assert api.delete(wd_path(namespace, "short-lived")).status_code == 200
         assert api.delete(cm_path(namespace, "short-lived")).status_code == 200
         results = [waiter.finish() for waiter in waiters]
@@ -539,7 +582,13 @@ def test_auth_can_i_admin_and_service_account_token(
     kubectl.run("create", "serviceaccount", "robot", "-n", team_a)
     kubectl.run("create", "role", "cm-reader", "--verb=get,list", "--resource=configmaps", "-n", team_a)
     kubectl.run(
-        "create", "rolebinding", "robot-reads", "--role=cm-reader", f"--serviceaccount={team_a}:robot", "-n", team_a
+        "create",
+        "rolebinding",
+        "robot-reads",
+        "--role=cm-reader",
+        f"--serviceaccount={team_a}:robot",
+        "-n",
+        team_a,
     )
     token = kubectl.run("create", "token", "robot", "-n", team_a, "--duration=1h").stdout.strip()
     assert token.count(".") == 2
@@ -566,7 +615,10 @@ def test_auth_can_i_admin_and_service_account_token(
     assert "Error from server (Forbidden)" in refused.stderr
     assert f"system:serviceaccount:{team_a}:robot" in refused.stderr
     whoami = robot.run("--token", token, "auth", "whoami", "-o", "json")
-    assert yaml.safe_load(whoami.stdout)["status"]["userInfo"]["username"] == f"system:serviceaccount:{team_a}:robot"
+    assert (
+        yaml.safe_load(whoami.stdout)["status"]["userInfo"]["username"]
+        == f"system:serviceaccount:{team_a}:robot"
+    )
 
 
 # --- label, annotate, edit ---------------------------------------------------------------------------
@@ -609,7 +661,7 @@ def test_edit_with_an_editor_script(
     if resource == "configmap":
         path = cm_path(namespace, "edited")
         create(api, cm_path(namespace), configmap("edited", {"a": "1", "b": "1"}))
-        editor.write_text("#!/bin/sh\nsed -i 's/a: \"1\"/a: \"2\"/' \"$1\"\n")
+        editor.write_text('#!/bin/sh\nsed -i \'s/a: "1"/a: "2"/\' "$1"\n')
     else:
         path = wd_path(namespace, "edited")
         create(api, wd_path(namespace), widget("edited", {"size": 3, "color": "red"}))

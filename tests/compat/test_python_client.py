@@ -7,17 +7,22 @@ serves the whole module; every test works in a namespace of its own. Each client
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes.client
+import kubernetes.config
+import kubernetes.dynamic
+import kubernetes.utils
+import kubernetes.watch
 import pytest
-from kubernetes import client, config, dynamic, utils, watch
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from kubevisor.testing.cluster import PlatformThread, platform_thread
 from kubevisor.testing.kinds import registry_with_test_kinds
@@ -29,6 +34,13 @@ WATCH_SECONDS = 20
 
 _names = itertools.count()
 
+# The client's type hints make every model field Optional; these tests read models as plain data.
+client: Any = kubernetes.client
+config: Any = kubernetes.config
+dynamic: Any = kubernetes.dynamic
+utils: Any = kubernetes.utils
+watch: Any = kubernetes.watch
+
 
 @pytest.fixture(scope="module")
 def plat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformThread]:
@@ -37,25 +49,30 @@ def plat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformThread]:
         yield p
 
 
-def new_api_client(plat: PlatformThread) -> client.ApiClient:
+def new_api_client(plat: PlatformThread) -> Any:
     cfg = client.Configuration()
     config.load_kube_config(config_file=str(plat.kubeconfig), client_configuration=cfg)
     return client.ApiClient(cfg)
 
 
 @pytest.fixture(scope="module")
-def api_client(plat: PlatformThread) -> Iterator[client.ApiClient]:
+def api_client(plat: PlatformThread) -> Iterator[Any]:
     with new_api_client(plat) as api_client:
         yield api_client
+        # An ApiException caught by pytest.raises sits in a reference cycle (traceback -> test frame ->
+        # ExceptionInfo) with the client's response, which holds its pooled connection; collect those
+        # cycles so that closing the client really closes every connection before the platform stops
+        # (a TLS connection still open makes the server's shutdown wait out its grace period).
+        gc.collect()
 
 
 @pytest.fixture
-def core(api_client: client.ApiClient) -> client.CoreV1Api:
+def core(api_client: Any) -> Any:
     return client.CoreV1Api(api_client)
 
 
 @pytest.fixture
-def ns(core: client.CoreV1Api) -> str:
+def ns(core: Any) -> str:
     """A fresh namespace for one test."""
     name = f"pyc-{next(_names)}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
@@ -64,19 +81,20 @@ def ns(core: client.CoreV1Api) -> str:
 
 def status_of(exc: ApiException) -> dict[str, Any]:
     """The ``Status`` body of an API error, checked to be one."""
+    assert exc.body is not None
     body: dict[str, Any] = json.loads(exc.body)
     assert body["kind"] == "Status" and body["code"] == exc.status, body
     return body
 
 
-def cm(name: str, labels: dict[str, str] | None = None, **data: str) -> client.V1ConfigMap:
+def cm(name: str, labels: dict[str, str] | None = None, **data: str) -> Any:
     return client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, labels=labels), data=dict(data))
 
 
 # --- CRUD --------------------------------------------------------------------------------------------
 
 
-def test_configmap_crud(core: client.CoreV1Api, ns: str) -> None:
+def test_configmap_crud(core: Any, ns: str) -> None:
     created = core.create_namespaced_config_map(ns, cm("one", {"app": "web", "tier": "front"}, a="1"))
     assert isinstance(created, client.V1ConfigMap)
     assert created.metadata.namespace == ns and created.metadata.uid
@@ -144,12 +162,13 @@ def test_configmap_crud(core: client.CoreV1Api, ns: str) -> None:
     deleted = core.delete_namespaced_config_map("one", ns)
     assert deleted["kind"] == "Status" and deleted["status"] == "Success"
     assert deleted["details"]["name"] == "one" and deleted["details"]["kind"] == "configmaps"
-    for call in (
+    calls: list[Callable[[], Any]] = [
         lambda: core.read_namespaced_config_map("one", ns),
         lambda: core.delete_namespaced_config_map("one", ns),
         lambda: core.patch_namespaced_config_map("one", ns, {"data": {"x": "y"}}),
         lambda: core.replace_namespaced_config_map("one", ns, cm("one")),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(ApiException) as missing:
             call()
         assert missing.value.status == 404
@@ -160,7 +179,7 @@ def test_configmap_crud(core: client.CoreV1Api, ns: str) -> None:
     assert names() == ["three"]
 
 
-def test_configmap_errors_are_statuses(core: client.CoreV1Api, ns: str) -> None:
+def test_configmap_errors_are_statuses(core: Any, ns: str) -> None:
     with pytest.raises(ApiException) as invalid:
         core.create_namespaced_config_map(ns, cm("Not_A_Name"))
     body = status_of(invalid.value)
@@ -176,7 +195,7 @@ def test_configmap_errors_are_statuses(core: client.CoreV1Api, ns: str) -> None:
     assert bad_selector.value.status == 400 and status_of(bad_selector.value)["reason"] == "BadRequest"
 
 
-def test_namespace_crud(core: client.CoreV1Api) -> None:
+def test_namespace_crud(core: Any) -> None:
     name = f"pyc-ns-{next(_names)}"
     created = core.create_namespace(
         client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={"team": "compat"}))
@@ -223,7 +242,7 @@ def test_namespace_crud(core: client.CoreV1Api) -> None:
     assert gone.value.status == 404 and status_of(gone.value)["reason"] == "NotFound"
 
 
-def test_create_from_yaml(api_client: client.ApiClient, core: client.CoreV1Api, ns: str, tmp_path: Path) -> None:
+def test_create_from_yaml(api_client: Any, core: Any, ns: str, tmp_path: Path) -> None:
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text(
         "apiVersion: v1\n"
@@ -255,7 +274,7 @@ def test_create_from_yaml(api_client: client.ApiClient, core: client.CoreV1Api, 
 # --- watches -----------------------------------------------------------------------------------------
 
 
-def test_watch_sees_added_modified_deleted(plat: PlatformThread, core: client.CoreV1Api, ns: str) -> None:
+def test_watch_sees_added_modified_deleted(plat: PlatformThread, core: Any, ns: str) -> None:
     rv = core.list_namespaced_config_map(ns).metadata.resource_version
     done = threading.Event()
 
@@ -288,7 +307,7 @@ def test_watch_sees_added_modified_deleted(plat: PlatformThread, core: client.Co
     ]
 
 
-def test_watch_with_label_selector(core: client.CoreV1Api, ns: str) -> None:
+def test_watch_with_label_selector(core: Any, ns: str) -> None:
     rv = core.list_namespaced_config_map(ns).metadata.resource_version
     core.create_namespaced_config_map(ns, cm("ignored", {"app": "db"}))
     core.create_namespaced_config_map(ns, cm("picked", {"app": "web"}))
@@ -309,9 +328,7 @@ def test_watch_with_label_selector(core: client.CoreV1Api, ns: str) -> None:
     assert seen == [("ADDED", "picked"), ("DELETED", "picked")]
 
 
-def test_list_then_watch_misses_and_repeats_nothing(
-    plat: PlatformThread, core: client.CoreV1Api, ns: str
-) -> None:
+def test_list_then_watch_misses_and_repeats_nothing(plat: PlatformThread, core: Any, ns: str) -> None:
     writes: list[tuple[str, str, int]] = []  # (event type, name, resourceVersion) of every write
     started = threading.Event()
     errors: list[BaseException] = []
@@ -386,9 +403,7 @@ def test_list_then_watch_misses_and_repeats_nothing(
     assert state == {o.metadata.name: o.data for o in final.items}
 
 
-def test_watch_from_compacted_resource_version_is_410(
-    plat: PlatformThread, core: client.CoreV1Api, ns: str
-) -> None:
+def test_watch_from_compacted_resource_version_is_410(plat: PlatformThread, core: Any, ns: str) -> None:
     old_rv = core.create_namespaced_config_map(ns, cm("old", a="1")).metadata.resource_version
     for i in range(3):
         core.patch_namespaced_config_map("old", ns, {"data": {"a": str(i)}})
@@ -429,7 +444,7 @@ def test_watch_from_compacted_resource_version_is_410(
 # --- dynamic client ------------------------------------------------------------------------------------
 
 
-def test_dynamic_client_on_widgets(api_client: client.ApiClient, ns: str, tmp_path: Path) -> None:
+def test_dynamic_client_on_widgets(api_client: Any, ns: str, tmp_path: Path) -> None:
     dyn = dynamic.DynamicClient(api_client, cache_file=str(tmp_path / "discovery.json"))
     widgets = dyn.resources.get(api_version="test.kubevisor.io/v1", kind="Widget")
     assert widgets.namespaced and widgets.name == "widgets"
@@ -482,9 +497,10 @@ def test_dynamic_client_on_widgets(api_client: client.ApiClient, ns: str, tmp_pa
     rv = widgets.get(namespace=ns).metadata.resourceVersion
     widgets.delete(name="w2", namespace=ns)
     seen = []
-    for event in widgets.watch(namespace=ns, resource_version=rv, timeout=WATCH_SECONDS):
+    w = watch.Watch()
+    for event in widgets.watch(namespace=ns, resource_version=rv, timeout=WATCH_SECONDS, watcher=w):
         seen.append((event["type"], event["object"].metadata.name))
-        break
+        w.stop()
     assert seen == [("DELETED", "w2")]
 
     with pytest.raises(ApiException) as missing:

@@ -46,7 +46,6 @@ async def setup_reader(http: httpx.AsyncClient) -> str:
 
 async def test_role_in_namespace_a_grants_nothing_in_b(plat: Platform, http: httpx.AsyncClient) -> None:
     token = await setup_reader(http)
-    headers = {"authorization": f"Bearer {token}"}
     async with client_for(plat, token) as sa:
         assert (await sa.get("/api/v1/namespaces/team-a/configmaps")).status_code == 200
         assert (await sa.get("/api/v1/namespaces/team-a/configmaps/cfg")).json()["data"] == {"x": "team-a"}

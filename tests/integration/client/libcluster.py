@@ -40,7 +40,9 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     before = asyncio.all_tasks()
     yield
     current = asyncio.current_task()
-    pending = {t for t in asyncio.all_tasks() if t not in before and t is not current and not t.done() and _ours(t)}
+    pending = {
+        t for t in asyncio.all_tasks() if t not in before and t is not current and not t.done() and _ours(t)
+    }
     if pending:
         await asyncio.wait(pending, timeout=1.0)
     leaked = [t for t in pending if not t.done()]
@@ -52,7 +54,9 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Platform]:
     """A real platform (API server on TLS loopback, SQLite store), without built-in controllers."""
-    async with running_platform(tmp_path / "data", registry=registry_with_test_kinds(), controllers=False) as plat:
+    async with running_platform(
+        tmp_path / "data", registry=registry_with_test_kinds(), controllers=False
+    ) as plat:
         yield plat
 
 
@@ -83,8 +87,9 @@ async def eventually(condition: Callable[[], object], timeout: float = 10.0, wha
         raise AssertionError(f"not true after {timeout}s: {what or condition}") from None
 
 
-async def until(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float = 10.0,
-                what: str = "") -> T:
+async def until(
+    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float = 10.0, what: str = ""
+) -> T:
     """Call ``probe`` until ``accept`` likes its result; return that result or fail after ``timeout``."""
     last: T | None = None
     try:
@@ -98,7 +103,9 @@ async def until(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], 
         raise AssertionError(f"not true after {timeout}s: {what} (last: {last!r})") from None
 
 
-async def gone(resources: ResourceClient, name: str, namespace: str | None = None, timeout: float = 10.0) -> None:
+async def gone(
+    resources: ResourceClient, name: str, namespace: str | None = None, timeout: float = 10.0
+) -> None:
     """Wait until the object ``name`` no longer exists."""
 
     async def exists() -> bool:

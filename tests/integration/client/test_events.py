@@ -39,5 +39,9 @@ async def test_events_about_cluster_scoped_objects_go_to_default(client: Client)
 
 
 async def test_a_failed_write_is_dropped_not_raised(client: Client) -> None:
-    ghost = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "no-such-namespace"}}
+    ghost = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "x", "namespace": "no-such-namespace"},
+    }
     assert await EventRecorder(client, "test").normal(ghost, "Anything", "goes nowhere") is None

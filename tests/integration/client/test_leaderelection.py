@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from kubevisor.client import Client, LeaderElector
@@ -15,6 +16,10 @@ def elector(client: Client, identity: str, **options: Any) -> LeaderElector:
     timing.update(options)
     leases = client.resource("coordination.k8s.io/v1", "leases")
     return LeaderElector(leases, "test-election", "default", identity, **timing)
+
+
+def renewed_after(previous: str, lease: dict[str, Any]) -> bool:
+    return bool(lease["spec"]["renewTime"] > previous)
 
 
 async def test_two_candidates_never_lead_at_once_and_hand_over_on_release(client: Client) -> None:
@@ -42,10 +47,9 @@ async def test_two_candidates_never_lead_at_once_and_hand_over_on_release(client
         await eventually(lambda: second.leader == first.identity, what="the other candidate sees the leader")
         leases = client.resource("coordination.k8s.io/v1", "leases")
         for _ in range(3):  # three renewals: several lease durations, and the other stays out
-            renewed = lease["spec"]["renewTime"]
             lease = await until(
                 lambda: leases.get("test-election", "default"),
-                lambda current, renewed=renewed: bool(current["spec"]["renewTime"] > renewed),
+                functools.partial(renewed_after, lease["spec"]["renewTime"]),
                 what="a renewal",
             )
             assert lease["spec"]["holderIdentity"] == first.identity
@@ -59,8 +63,8 @@ async def test_two_candidates_never_lead_at_once_and_hand_over_on_release(client
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    (a_id, a_start, a_end), (b_id, b_start, b_end) = sorted(intervals, key=lambda i: i[1])
-    assert a_end <= b_start, f"leadership overlapped: {intervals}"
+    (_, _, first_end), (_, second_start, _) = sorted(intervals, key=lambda i: i[1])
+    assert first_end <= second_start, f"leadership overlapped: {intervals}"
     lease = await client.resource("coordination.k8s.io/v1", "leases").get("test-election", "default")
     assert lease["spec"]["holderIdentity"] == ""
     assert lease["spec"]["leaseTransitions"] == 1

@@ -106,7 +106,12 @@ async def test_custom_kinds_refuse_strategic_merge_and_have_a_status_subresource
     widgets = client.resource("test.kubevisor.io/v1", "widgets")
     assert widgets.kind is not None and widgets.kind.kind == "Widget"
     created = await widgets.create(
-        {"apiVersion": "test.kubevisor.io/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 1}},
+        {
+            "apiVersion": "test.kubevisor.io/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w"},
+            "spec": {"size": 1},
+        },
         "default",
     )
     with pytest.raises(UnsupportedMediaTypeError):

@@ -49,7 +49,10 @@ async def test_watch_without_version_starts_with_the_current_state(client: Clien
 
 
 async def test_the_server_ends_a_watch_after_timeout_seconds(client: Client) -> None:
-    async with asyncio.timeout(10), client.resource("v1", "configmaps").watch("default", timeout_seconds=1) as stream:
+    async with (
+        asyncio.timeout(10),
+        client.resource("v1", "configmaps").watch("default", timeout_seconds=1) as stream,
+    ):
         remaining = [event async for event in stream]
     assert all(event.type == "BOOKMARK" for event in remaining)
 
@@ -121,14 +124,18 @@ async def test_informer_resumes_a_watch_the_server_ended(client: Client) -> None
         await cms.create(cm("late"), "default")  # might arrive on either side of a re-watch
         await eventually(lambda: ("add", "late", "1") in seen.calls, what="the add")
         first = informer.watches
-        await eventually(lambda: informer.watches > first, what="the server to end the watch (1-2 s) and a re-watch")
+        await eventually(
+            lambda: informer.watches > first, what="the server to end the watch (1-2 s) and a re-watch"
+        )
         await cms.patch("late", {"data": {"v": "2"}}, "default")
         await eventually(lambda: ("update", "late", "1->2") in seen.calls, what="the update after re-watch")
         assert informer.lists == 1, "an ended stream is resumed from the last version, not re-listed"
         assert int(informer.last_resource_version) > int(version)
 
 
-async def test_informer_relists_after_compaction_and_reports_the_gap(client: Client, cluster: Platform) -> None:
+async def test_informer_relists_after_compaction_and_reports_the_gap(
+    client: Client, cluster: Platform
+) -> None:
     cms = client.resource("v1", "configmaps")
     for name in ("keep", "change", "vanish"):
         await cms.create(cm(name), "default")
@@ -147,7 +154,11 @@ async def test_informer_relists_after_compaction_and_reports_the_gap(client: Cli
     async with informer:
         await eventually(lambda: informer.lists == 2, what="a re-list after 410 Gone")
         await eventually(lambda: len(seen.calls) == 3, what="three synthetic events")
-        assert sorted(seen.calls) == [("add", "appear", "1"), ("delete", "vanish", "1"), ("update", "change", "1->2")]
+        assert sorted(seen.calls) == [
+            ("add", "appear", "1"),
+            ("delete", "vanish", "1"),
+            ("update", "change", "1->2"),
+        ]
         assert sorted(informer.keys()) == ["default/appear", "default/change", "default/keep"]
         await cms.create(cm("after"), "default")
         await eventually(lambda: ("add", "after", "1") in seen.calls, what="watching again after the re-list")

@@ -30,13 +30,18 @@ async def fill(client: Client, namespace: str) -> None:
     await client.resource("v1", "namespaces").create({"metadata": {"name": namespace}})
     for i in range(3):
         await client.resource("v1", "configmaps").create({"metadata": {"name": f"cm-{i}"}}, namespace)
-    await client.resource("v1", "secrets").create({"metadata": {"name": "s"}, "stringData": {"k": "v"}}, namespace)
+    await client.resource("v1", "secrets").create(
+        {"metadata": {"name": "s"}, "stringData": {"k": "v"}}, namespace
+    )
     await client.resource("test.kubevisor.io/v1", "widgets").create({"metadata": {"name": "w"}}, namespace)
-    await client.resource("coordination.k8s.io/v1", "leases").create({"metadata": {"name": "l"}, "spec": {}},
-                                                                     namespace)
+    await client.resource("coordination.k8s.io/v1", "leases").create(
+        {"metadata": {"name": "l"}, "spec": {}}, namespace
+    )
 
 
-async def test_deleting_a_namespace_deletes_its_contents_then_itself(client: Client, controllers: None) -> None:
+async def test_deleting_a_namespace_deletes_its_contents_then_itself(
+    client: Client, controllers: None
+) -> None:
     await fill(client, "doomed")
     await fill(client, "spared")
     namespaces = client.resource("v1", "namespaces")

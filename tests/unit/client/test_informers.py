@@ -181,3 +181,15 @@ async def test_wait_synced_needs_a_started_informer(client: Client) -> None:
     with pytest.raises(RuntimeError, match="before start"):
         await informer.wait_synced()
     await informer.stop()  # stopping a never-started informer is fine
+
+
+async def test_wait_synced_fails_if_the_informer_is_stopped_first(fake: FakeServer, client: Client) -> None:
+    fake.fail_next = [httpx.ConnectError("refused")] * 100  # never syncs
+    informer = Informer(client.resource("v1", "configmaps"), "ns", backoff_initial=0.01)
+    informer.start()
+    waiter = asyncio.create_task(informer.wait_synced())
+    await eventually(lambda: len(fake.requests) >= 2, what="a retried list")
+    await informer.stop()
+    with pytest.raises(RuntimeError, match="stopped before it synced"):
+        async with asyncio.timeout(5):
+            await waiter
