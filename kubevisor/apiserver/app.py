@@ -134,6 +134,29 @@ def _quote_warning(text: str) -> str:
     return quoted.encode("utf-8").decode("latin-1")
 
 
+WARNINGS_TOTAL_CHARS = 4 * 1024
+WARNING_TRUNCATED_CHARS = 256
+
+
+def _warning_header(warnings: list[str]) -> str:
+    """The Warning header of ``warnings`` with kube-apiserver's limits: once their text passes 4 KiB,
+    each is cut to 256 characters and those that still do not fit are left out (clients refuse long
+    headers: Python's http.client at 64 KiB, h11 at 16 KiB)."""
+    unique = list(dict.fromkeys(warnings))
+    if sum(len(w) for w in unique) > WARNINGS_TOTAL_CHARS:
+        cut = [
+            w if len(w) <= WARNING_TRUNCATED_CHARS else w[: WARNING_TRUNCATED_CHARS - 3] + "..."
+            for w in unique
+        ]
+        unique, total = [], 0
+        for w in cut:
+            if total + len(w) > WARNINGS_TOTAL_CHARS:
+                break
+            unique.append(w)
+            total += len(w)
+    return ", ".join(_quote_warning(w) for w in unique)
+
+
 def _status_response(err: errors.ApiError) -> Response:
     """``err`` as a Status answer. Its message may quote the request, lone surrogates and huge numbers
     included: what orjson cannot encode, the standard encoder escapes."""
@@ -428,7 +451,7 @@ class ApiServer:
         self, request: Request, kind: Kind, obj: Obj, status: int = 200, warnings: list[str] | None = None
     ) -> Response:
         mode, version = _negotiate(request.headers.get("accept", ""))
-        headers = {"Warning": ", ".join(_quote_warning(w) for w in warnings)} if warnings else None
+        headers = {"Warning": _warning_header(warnings)} if warnings else None
         if mode == "table":
             table = tables.to_table(
                 kind,

@@ -80,6 +80,12 @@ SET_ELEMENT_ORDER_PREFIX: Final = "$setElementOrder/"
 DELETE_FROM_PRIMITIVE_LIST_PREFIX: Final = "$deleteFromPrimitiveList/"
 
 _JSON_PATCH_OPS: Final = frozenset({"add", "remove", "replace", "move", "copy", "test"})
+MAX_JSON_PATCH_OPERATIONS: Final = 10_000
+"""Most operations in one JSON patch, as kube-apiserver."""
+MAX_JSON_PATCH_COPY: Final = 3 * 1024 * 1024
+"""Most bytes of JSON the ``copy`` operations of one patch may duplicate, as kube-apiserver's
+``AccumulatedCopySizeLimit``: each copy of the whole document doubles it, so a few dozen would otherwise
+take all memory and time."""
 _PATCH_VALUES: Final = ("replace", "merge", "delete")
 
 
@@ -119,9 +125,27 @@ def json_patch(doc: Any, patch: Any) -> Any:
             raise PatchError(f'JSON patch operation {i} ({name}) needs a string "from"')
         if name in ("add", "replace", "test") and "value" not in op:
             raise PatchError(f'JSON patch operation {i} ({name}) needs a "value"')
+    if len(patch) > MAX_JSON_PATCH_OPERATIONS:
+        raise PatchError(
+            f"the allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {len(patch)}"
+        )
     try:
-        # jsonpatch copies the document and every operation value it inserts.
-        return jsonpatch.JsonPatch(patch).apply(doc, in_place=False)
+        # One operation at a time, to count what the copies duplicate; jsonpatch copies every operation
+        # value it inserts, and the document is copied once here.
+        result = copy.deepcopy(doc)
+        copied = 0
+        for op in patch:
+            if op["op"] == "copy":
+                copied += len(json.dumps(jsonpointer.resolve_pointer(result, op["from"])))
+                if copied > MAX_JSON_PATCH_COPY:
+                    raise PatchError(
+                        "JSON patch cannot be applied: its copy operations copy more than "
+                        f"{MAX_JSON_PATCH_COPY} bytes"
+                    )
+            result = jsonpatch.JsonPatch([op]).apply(result, in_place=True)
+        return result
+    except PatchError:
+        raise
     except jsonpatch.JsonPatchTestFailed as e:
         raise PatchError(f"JSON patch test operation failed: {e}") from e
     except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as e:

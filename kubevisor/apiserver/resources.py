@@ -205,7 +205,7 @@ class Objects:
         if revision == 0:
             revision = await self.store.current_revision()
         items: list[Obj] = []
-        batch = max(limit, 500) if limit else 0
+        batch = min(max(limit, 500), 10_000) if limit else 0  # the loop reads on: any int64 limit works
         remaining: int | None = None
         next_token: str | None = None
         try:

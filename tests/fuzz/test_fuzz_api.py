@@ -15,7 +15,9 @@ back and list (also as a Table).
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
 from kubevisor.testing.cluster import PlatformThread, platform_thread
@@ -39,11 +41,13 @@ SEED = "seed"
 """Name of the object every PUT, PATCH and DELETE of a kind aims at (recreated when deleted)."""
 REQUEST_TIMEOUT = 20.0
 """An answer (a watch's headers) slower than this is a hang and fails the test."""
-WATCH_READ_SECONDS = 0.25
+WATCH_READ_SECONDS = 0.1
 """How long a successful watch is read before the client hangs up."""
 
+_unique = itertools.count()
+
 FUZZ = settings(
-    max_examples=200,
+    max_examples=int(os.environ.get("KUBEVISOR_FUZZ_EXAMPLES", "200")),  # more for a longer hunt
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
@@ -98,6 +102,8 @@ def server_failure_allowed(status: int, body: bytes) -> bool:
 def check(r: httpx.Response, what: str) -> Any:
     """Check one answer; return its JSON document when it is a 2xx."""
     what = f"{what} -> {r.status_code}"
+    if currently_in_test_context():
+        event(f"{r.request.method} {r.status_code}")  # shown by --hypothesis-show-statistics
     assert r.status_code < 500 or server_failure_allowed(r.status_code, r.content), (
         f"{what}: server error: {r.content[:500]!r}"
     )
@@ -112,30 +118,32 @@ def check(r: httpx.Response, what: str) -> Any:
 
 def check_watch(http: httpx.Client, url: str, headers: dict[str, str], what: str) -> None:
     """A watch must start at once; its lines are JSON events, an ERROR's object a Status."""
-    with http.stream("GET", url, headers=headers) as r:
+    with http.stream("GET", url, headers=headers) as r:  # the head of the answer within REQUEST_TIMEOUT
         if not 200 <= r.status_code < 300:
             r.read()
             check(r, what)
             return
-        assert r.status_code < 300
+        # Then read for a moment only: httpcore takes the read timeout from the request when the body
+        # is first read, so a quiet watch costs WATCH_READ_SECONDS, not its timeoutSeconds.
+        r.request.extensions["timeout"] = {**r.request.extensions["timeout"], "read": WATCH_READ_SECONDS}
         buffer = b""
-        stream = r.iter_raw()
         deadline = time.monotonic() + WATCH_READ_SECONDS
-        while time.monotonic() < deadline:
-            try:
-                chunk = next(stream)
-            except StopIteration:
-                break
-            buffer += chunk
-        for line in buffer.split(b"\n")[:-1]:  # the last piece may be cut by the hang-up
-            if not line.strip():
-                continue
-            event = json.loads(line)
-            assert event["type"] in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"), event
-            if event["type"] == "ERROR":
-                check_status(event["object"]["code"], json.dumps(event["object"]).encode(), what)
-            else:
-                assert isinstance(event["object"], dict) and "metadata" in event["object"], event
+        try:
+            for chunk in r.iter_raw():
+                buffer += chunk
+                if time.monotonic() > deadline:
+                    break
+        except httpx.ReadTimeout:
+            pass
+    for line in buffer.split(b"\n")[:-1]:  # the last piece may be cut by the hang-up
+        if not line.strip():
+            continue
+        event = json.loads(line)
+        assert event["type"] in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"), f"{what}: {event}"
+        if event["type"] == "ERROR":
+            check_status(event["object"]["code"], json.dumps(event["object"]).encode(), what)
+        else:
+            assert isinstance(event["object"], dict) and "metadata" in event["object"], f"{what}: {event}"
 
 
 # --- the kinds ----------------------------------------------------------------------------------------
@@ -303,15 +311,10 @@ def ensure_seed(http: httpx.Client, resource: Resource) -> None:
 
 huge_ints = st.sampled_from([2**63, 2**64, -(2**63) - 1, 10**30, -(10**40)])
 lone_surrogates = st.sampled_from(["\ud800", "a\udfffb", "\udbff\udbff"])
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    huge_ints,
-    st.floats(),  # with NaN and infinities, which json.dumps writes as NaN / Infinity
-    st.text(max_size=30),
-    lone_surrogates,
-)
+clean_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
+# Numbers beyond 64 bits, NaN and infinities (json.dumps writes NaN / Infinity), lone surrogates: one in five.
+weird_scalars = huge_ints | st.floats(allow_nan=True, allow_infinity=True) | lone_surrogates
+scalars = st.one_of(clean_scalars, clean_scalars, clean_scalars, clean_scalars, weird_scalars)
 json_values = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
@@ -365,7 +368,9 @@ def mutate(draw: st.DrawFn, obj: Obj) -> Obj:
             container.append(None)
             key = 0
         how = draw(
-            st.sampled_from(["value", "delete", "huge string", "deep", "name", "huge int", "surrogate"])
+            st.sampled_from(
+                ["value", "delete", "huge string", "deep", "name", "huge int", "surrogate", "wide"]
+            )
         )
         if how == "delete" and isinstance(container, dict):
             container.pop(key, None)
@@ -383,6 +388,8 @@ def mutate(draw: st.DrawFn, obj: Obj) -> Obj:
             container[key] = draw(huge_ints)
         elif how == "surrogate":
             container[key] = draw(lone_surrogates)
+        elif how == "wide":  # thousands of keys: unknown fields become thousands of warnings
+            container[key] = {f"unknown{i}": i for i in range(draw(st.sampled_from([50, 3000, 100_000])))}
         else:
             container[key] = draw(json_values)
     return obj
@@ -477,78 +484,113 @@ def encoded(draw: st.DrawFn, value: JsonValue, json_type: str = "application/jso
 
 # --- query parameters ---------------------------------------------------------------------------------
 
-PARAMS = [
+NUMBERS = st.one_of(
+    st.sampled_from(
+        ["", "-1", "0", "1", "2", "abc", "nan", "inf", "-inf", "1e999", "1.5", " 7 ", "1_0", "0x10"]
+    ),
+    st.sampled_from(["99999999999999999999999999", "9223372036854775807", "9223372036854775808", "-5"]),
+    st.integers().map(str),
+)
+BOOLEANS = st.sampled_from(["true", "false", "1", "0", "True", "yes", ""])
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+CONTINUE_TOKENS = st.one_of(
+    small_text,
+    st.binary(max_size=30).map(_b64),
+    json_values.map(lambda v: _b64(json.dumps(v).encode("utf-8", "surrogatepass"))),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "v": st.just("meta.k8s.io/v1") | json_values,
+            "rv": st.integers(-5, 10**6) | huge_ints | json_values,
+            "start": st.sampled_from(
+                [f"/registry/core/configmaps/{NS}/", "/registry/", "/", "\x00", "\uffff"]
+            )
+            | json_values,
+        },
+    ).map(lambda d: _b64(json.dumps(d).encode("utf-8", "surrogatepass"))),
+)
+LABEL_SELECTORS = st.lists(
+    st.builds(
+        lambda k, op, v: f"{k}{op}{v}",
+        label_keys | small_text,
+        st.sampled_from(["", "=", "==", "!=", " in ", " notin ", ">", "<", " ", "!"]),
+        label_values | small_text | st.lists(label_values, max_size=3).map(lambda vs: f"({','.join(vs)})"),
+    ),
+    max_size=3,
+).map(",".join) | st.sampled_from(["a in (", "a in (b,c),!d", "!", ",", "a=(b)", "a notin ()", "x>1e999"])
+FIELD_SELECTORS = st.lists(
+    st.builds(
+        lambda k, op, v: f"{k}{op}{v}",
+        st.sampled_from(["metadata.name", "metadata.namespace", "type", "spec.unschedulable", "status.x"])
+        | small_text,
+        st.sampled_from(["=", "==", "!=", "", "=="]),
+        small_text,
+    ),
+    max_size=3,
+).map(",".join)
+PARAMS: dict[str, st.SearchStrategy[str]] = {
+    "limit": NUMBERS,
+    "continue": CONTINUE_TOKENS,
+    "labelSelector": LABEL_SELECTORS,
+    "fieldSelector": FIELD_SELECTORS,
+    "resourceVersion": NUMBERS,
+    "resourceVersionMatch": st.sampled_from(["Exact", "NotOlderThan", "", "exact"]),
+    "timeoutSeconds": NUMBERS,
+    "allowWatchBookmarks": BOOLEANS,
+    "sendInitialEvents": BOOLEANS,
+    "fieldValidation": st.sampled_from(["Strict", "Warn", "Ignore", "strict", ""]),
+    "fieldManager": small_text,
+    "dryRun": st.sampled_from(["All", "all", "", "None"]),
+    "propagationPolicy": st.sampled_from(["Orphan", "Background", "Foreground", "bogus", ""]),
+    "gracePeriodSeconds": NUMBERS,
+    "orphanDependents": BOOLEANS,
+    "includeObject": st.sampled_from(["None", "Metadata", "Object", "x"]),
+    "pretty": BOOLEANS,
+    "force": BOOLEANS,
+}
+RAW_ESCAPES = st.sampled_from(["%ff", "%c3%28", "%ed%a0%80", "%00", "%", "%zz", "a%20b", "%0d%0a"])
+
+
+LIST_PARAMS = (
     "limit",
     "continue",
     "labelSelector",
     "fieldSelector",
     "resourceVersion",
     "resourceVersionMatch",
+)
+WATCH_PARAMS = (
     "timeoutSeconds",
     "allowWatchBookmarks",
     "sendInitialEvents",
-    "fieldValidation",
-    "fieldManager",
-    "dryRun",
-    "propagationPolicy",
-    "gracePeriodSeconds",
-    "orphanDependents",
-    "includeObject",
-    "pretty",
-    "force",
-]
-GARBAGE = [
-    "",
-    *[
-        "-1",
-        "0",
-        "1",
-        "2",
-        "abc",
-        "nan",
-        "NaN",
-        "inf",
-        "-inf",
-        "1e999",
-        "1.5",
-        "99999999999999999999999999",
-        "9223372036854775808",
-    ],
-    *[
-        "-9223372036854775809",
-        "true",
-        "false",
-        "All",
-        "Strict",
-        "Ignore",
-        "Exact",
-        "NotOlderThan",
-        "Orphan",
-        "Foreground",
-    ],
-    *["garbage!!", "a in (", "a in (b,c),!d", "metadata.name=x", "metadata.name!=x,type=y", "=,="],
-    "spec.nothing=1",
-    "eyJydiI6LTEsInN0YXJ0IjoiL3JlZ2lzdHJ5In0",  # {"rv":-1,"start":"/registry"}
-    "eyJydiI6MWUzMDAsInN0YXJ0IjoxfQ",  # {"rv":1e300,"start":1}
-    "W10",  # []
-    "bnVsbA",  # null
-]
+    "resourceVersion",
+    "labelSelector",
+)
+WRITE_PARAMS = ("fieldValidation", "dryRun", "fieldManager", "pretty")
+DELETE_PARAMS = ("propagationPolicy", "gracePeriodSeconds", "orphanDependents", "dryRun", "labelSelector")
 
 
 @st.composite
-def queries(draw: st.DrawFn, watch: bool = False) -> str:
-    """A query string of random parameters with garbage values, some as raw percent-escapes."""
-    names = draw(st.lists(st.sampled_from(PARAMS) | small_text, max_size=4))
+def queries(draw: st.DrawFn, relevant: tuple[str, ...] = WRITE_PARAMS, watch: bool = False) -> str:
+    """A query string of parameters (mostly ``relevant`` ones) with values bad in their own way, some as
+    raw percent-escapes."""
+    some_name = st.sampled_from(relevant) | st.sampled_from(relevant) | st.sampled_from(sorted(PARAMS))
+    names = draw(st.lists(some_name | small_text, max_size=4))
     pairs: list[str] = []
     if watch:
         pairs.append(f"watch={draw(st.sampled_from(['true', '1', 'True', 'garbage']))}")
         if "timeoutSeconds" not in names:
             pairs.append("timeoutSeconds=1")
     for name in names:
-        if draw(st.integers(0, 4)) == 0:
-            value = draw(st.sampled_from(["%ff", "%c3%28", "%00", "%", "%zz", "a%20b"]))
+        if draw(st.integers(0, 5)) == 0:
+            value = draw(RAW_ESCAPES)
         else:
-            value = quote(draw(st.sampled_from(GARBAGE) | small_text), safe="")
+            value = quote(draw(PARAMS.get(name, small_text)), safe="")
         pairs.append(f"{quote(name, safe='')}={value}")
     return "&".join(pairs)
 
@@ -650,7 +692,14 @@ def _json_patch_ops(obj: Obj) -> st.SearchStrategy[list[Any]]:
         {"op": st.sampled_from(["add", "remove", "replace", "move", "copy", "test", "bogus"])},
         optional={"path": pointers | json_values, "from": pointers | json_values, "value": json_values},
     )
-    return st.lists(op | json_values, max_size=4)
+    # Each copy of the whole document doubles it: 40 of them would take all memory and time.
+    doubling = st.integers(1, 40).map(
+        lambda n: [{"op": "copy", "from": "", "path": f"/k{i}"} for i in range(n)]
+    )
+    many = st.integers(9_990, 10_010).map(
+        lambda n: [{"op": "test", "path": "/kind", "value": obj["kind"]}] * n
+    )
+    return st.lists(op | json_values, max_size=4) | doubling | many
 
 
 def _strategic(obj: Obj) -> st.SearchStrategy[Any]:
@@ -738,8 +787,9 @@ def test_delete(http: httpx.Client, data: st.DataObject, resource: Resource) -> 
     collection = data.draw(st.booleans()) and resource.plural != "namespaces"
     path = resource.collection if collection else resource.item(seed_name(resource))
     options = data.draw(delete_options)
-    body, content_type = data.draw(st.just((b"", None)) | encoded(options).map(lambda e: (e[0], e[1])))
-    url = _url(path, data.draw(queries()))
+    no_body: tuple[bytes, str | None] = (b"", None)
+    body, content_type = no_body if data.draw(st.integers(0, 4)) == 0 else data.draw(encoded(options))
+    url = _url(path, data.draw(queries(DELETE_PARAMS)))
     r = request(http, "DELETE", url, body, content_type)
     check(r, f"DELETE {url} {content_type} {body[:200]!r}")
 
@@ -747,22 +797,23 @@ def test_delete(http: httpx.Client, data: st.DataObject, resource: Resource) -> 
 @FUZZ
 @given(data=st.data(), resource=st.sampled_from(RESOURCES))
 def test_reads_and_watches(http: httpx.Client, data: st.DataObject, resource: Resource) -> None:
-    accept = data.draw(st.none() | ACCEPTS)
+    accept = data.draw(ACCEPTS) if data.draw(st.integers(0, 3)) == 0 else None
     headers = {"accept": accept} if accept else {}
-    what = data.draw(st.sampled_from(["list", "list", "get", "watch", "watch", "path"]))
+    what = data.draw(st.sampled_from(["list"] * 5 + ["watch"] * 3 + ["get"] * 2 + ["path"]))
     if what == "watch":
-        url = _url(resource.collection, data.draw(queries(watch=True)))
+        url = _url(resource.collection, data.draw(queries(WATCH_PARAMS, watch=True)))
         check_watch(http, url, headers, f"GET {url} accept={accept}")
         return
     if what == "get":
-        name = data.draw(st.sampled_from([seed_name(resource), "missing"]) | invalid_names)
-        url = _url(resource.item(name), data.draw(queries()))
+        name = data.draw(st.sampled_from([seed_name(resource)] * 3 + ["missing"]) | invalid_names)
+        url = _url(resource.item(name), data.draw(queries(LIST_PARAMS)))
     elif what == "path":
         segments = data.draw(st.lists(st.sampled_from(["api", "apis", "v1", NS, "namespaces"]) | small_text))
-        url = _url("/" + "/".join(quote(s, safe="") for s in segments), data.draw(queries()))
+        path = "/" + "/".join(quote(s, safe="") for s in segments)
+        url = _url(str(http.base_url).rstrip("/") + path, data.draw(queries(LIST_PARAMS)))  # "//x" too
     else:
-        url = _url(resource.collection, data.draw(queries()))
-    method = data.draw(st.sampled_from(["GET", "GET", "GET", "HEAD", "OPTIONS", "PUT", "POST"]))
+        url = _url(resource.collection, data.draw(queries(LIST_PARAMS)))
+    method = data.draw(st.sampled_from(["GET"] * 12 + ["HEAD", "OPTIONS", "PUT", "POST"]))
     r = http.request(method, url, headers=headers)
     if method == "HEAD":
         assert r.status_code < 500, f"HEAD {url} -> {r.status_code}"
@@ -851,7 +902,7 @@ def test_bodies_from_openapi_schemas(
     obj = data.draw(strategy)
     obj["apiVersion"], obj["kind"] = resource.api_version, resource.kind
     meta = obj.setdefault("metadata", {})
-    meta["name"] = data.draw(dns_label)
+    meta["name"] = f"{data.draw(dns_label)}-{next(_unique)}"  # new names: creates, not 409s
     meta.pop("namespace", None)
     strict = data.draw(st.booleans())
     url = resource.collection + ("?fieldValidation=Strict" if strict else "")
@@ -910,6 +961,7 @@ REGRESSIONS: list[tuple[str, str, bytes | None, str | None, int]] = [
     ("PUT", "configmaps/seed", b'{"metadata":null}', None, 200),
     # Query parameters out of range for SQLite or the store.
     ("GET", "configmaps?limit=99999999999999999999999999", None, None, 400),
+    ("GET", "configmaps?limit=9223372036854775807", None, None, 200),
     ("GET", "configmaps?resourceVersion=-5&resourceVersionMatch=Exact", None, None, 400),
     ("GET", "configmaps?limit=1&continue=eyJydiI6LTEsInN0YXJ0IjoiL3JlZ2lzdHJ5In0", None, None, 400),
     ("GET", "configmaps?limit=1&continue=eyJydiI6MWUzMDAsInN0YXJ0IjoxfQ", None, None, 400),
@@ -925,6 +977,21 @@ REGRESSIONS: list[tuple[str, str, bytes | None, str | None, int]] = [
     ("POST", "serviceaccounts/seed/token", b'{"spec":{"expirationSeconds":"x"}}', None, 400),
     ("POST", "serviceaccounts/seed/token", b'{"spec":{"audiences":5}}', None, 400),
     ("POST", "serviceaccounts/seed/token", b'{"spec":{"expirationSeconds":99999999999999999}}', None, 422),
+    # JSON patches that double the document with every copy hung the server; kube-apiserver's limits.
+    (
+        "PATCH",
+        "configmaps/seed",
+        json.dumps([{"op": "copy", "from": "", "path": f"/k{i}"} for i in range(40)]).encode(),
+        "json",
+        422,
+    ),
+    (
+        "PATCH",
+        "configmaps/seed",
+        json.dumps([{"op": "test", "path": "/kind", "value": "ConfigMap"}] * 10_001).encode(),
+        "json",
+        422,
+    ),
     # A namespace finalize with a spec that is not an object.
     (
         "PUT",
@@ -956,6 +1023,21 @@ def test_regressions(http: httpx.Client, case: tuple[str, str, bytes | None, str
     check(r, f"{method} {url}")
     if expected == 201:
         http.delete(f"{url}/{r.json()['metadata']['name']}")
+
+
+def test_warnings_are_bounded_and_utf8(http: httpx.Client) -> None:
+    """A field name outside latin-1 made the Warning header unencodable (a 500); thousands of unknown
+    fields made one that clients refuse (h11 at 16 KiB, http.client at 64 KiB)."""
+    widgets = f"/apis/test.kubevisor.io/v1/namespaces/{NS}/widgets"
+    r = http.post(widgets, json={"metadata": {"name": "warned-utf8"}, "ü€": 1})
+    assert r.status_code == 201, r.text
+    assert r.headers["warning"] == '299 - "unknown field \\"ü€\\""'  # sent as UTF-8, read as such
+    spec: dict[str, Any] = {f"unknown{i}": i for i in range(3000)}
+    r = http.post(widgets, json={"metadata": {"name": "warned-wide"}, "spec": {**spec, "size": 1}})
+    assert r.status_code == 201, r.text
+    header = r.headers["warning"]
+    assert 1000 < len(header) < 8 * 1024, len(header)
+    assert header.startswith('299 - "unknown field \\"spec.unknown0\\""'), header[:100]
 
 
 def test_yaml_alias_bomb_is_refused_quickly(http: httpx.Client) -> None:
