@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import Field
 
 from kubevisor.api.base import KubeModel, patch_merge
-from kubevisor.api.meta import ObjectMeta
+from kubevisor.api.meta import LabelSelector, ObjectMeta
 
 Quantity = str | int | float
 
@@ -325,3 +325,97 @@ class ServiceAccount(KubeModel):
     """Pull secrets."""
     automount_service_account_token: bool | None = None
     """Whether workloads get a token mounted."""
+
+
+# --- Types embedded in other kinds (KubeVirt VMIs, CDI DataVolumes) -------------------------------
+
+
+class Toleration(KubeModel):
+    """Lets a workload be scheduled onto a node whose taint it matches."""
+
+    key: str | None = None
+    """Taint key the toleration applies to; empty matches every key (with operator Exists)."""
+    operator: str | None = None
+    """Exists or Equal (the default)."""
+    value: str | None = None
+    """Taint value to match with operator Equal."""
+    effect: str | None = None
+    """NoSchedule, PreferNoSchedule or NoExecute; empty matches every effect."""
+    toleration_seconds: int | None = None
+    """How long a NoExecute taint is tolerated before eviction; unset means forever."""
+
+
+class PodDNSConfigOption(KubeModel):
+    """A resolver option."""
+
+    name: str | None = None
+    """Option name, e.g. ndots."""
+    value: str | None = None
+    """Option value."""
+
+
+class PodDNSConfig(KubeModel):
+    """DNS settings merged into those DNSPolicy produces."""
+
+    nameservers: list[str] | None = None
+    """DNS server IP addresses (at most 3)."""
+    searches: list[str] | None = None
+    """DNS search domains (at most 6)."""
+    options: list[PodDNSConfigOption] | None = None
+    """Resolver options."""
+
+
+class TypedLocalObjectReference(KubeModel):
+    """A reference to an object of any kind in the same namespace."""
+
+    api_group: str | None = None
+    """API group of the referent; empty for the core group."""
+    kind: str
+    """Kind of the referent."""
+    name: str
+    """Name of the referent."""
+
+
+class TypedObjectReference(KubeModel):
+    """A reference to an object of any kind, possibly in another namespace."""
+
+    api_group: str | None = None
+    """API group of the referent; empty for the core group."""
+    kind: str
+    """Kind of the referent."""
+    name: str
+    """Name of the referent."""
+    namespace: str | None = None
+    """Namespace of the referent; defaults to the referrer's."""
+
+
+class VolumeResourceRequirements(KubeModel):
+    """Storage a claim asks for."""
+
+    limits: dict[str, Quantity] | None = None
+    """Maximum amount of storage."""
+    requests: dict[str, Quantity] | None = None
+    """Minimum amount of storage, e.g. {"storage": "10Gi"}."""
+
+
+class PersistentVolumeClaimSpec(KubeModel):
+    """What a persistent volume claim asks for."""
+
+    access_modes: list[str] | None = None
+    """ReadWriteOnce, ReadOnlyMany, ReadWriteMany or ReadWriteOncePod."""
+    selector: LabelSelector | None = None
+    """Label query over volumes to bind to."""
+    resources: VolumeResourceRequirements | None = None
+    """Requested size."""
+    volume_name: str | None = None
+    """Name of the persistent volume to bind to."""
+    storage_class_name: str | None = None
+    """Storage class that provisions the volume."""
+    volume_mode: str | None = None
+    """Filesystem (default) or Block."""
+    data_source: TypedLocalObjectReference | None = None
+    """Object the volume is populated from (a snapshot, a claim, a populator)."""
+    data_source_ref: TypedObjectReference | None = None
+    """Like dataSource, possibly in another namespace."""
+    volume_attributes_class_name: str | None = None
+    """VolumeAttributesClass of the claim."""

@@ -152,3 +152,23 @@ class DeleteOptions(KubeModel):
     """Orphan, Background or Foreground."""
     dry_run: list[str] | None = None
     """["All"] to run everything but the write."""
+
+
+class LabelSelectorRequirement(KubeModel):
+    """One expression of a label selector: a key, an operator and values."""
+
+    key: str
+    """The label key the selector applies to."""
+    operator: str
+    """In, NotIn, Exists or DoesNotExist."""
+    values: list[str] | None = None
+    """Values for In and NotIn; empty for Exists and DoesNotExist."""
+
+
+class LabelSelector(KubeModel):
+    """A label query over objects; an empty selector matches everything."""
+
+    match_labels: dict[str, str] | None = None
+    """Labels that must all be present with these values."""
+    match_expressions: list[LabelSelectorRequirement] | None = None
+    """Expressions that must all hold."""

@@ -276,6 +276,9 @@ def admit(
     name = (obj.get("metadata") or {}).get("name")
     if type_errors:
         raise errors.invalid(kind, name, type_errors)
+    # "spec": null is no spec, as when Kubernetes decodes into its types (the defaulters rely on it).
+    for key in [k for k, v in obj.items() if v is None]:
+        del obj[key]
     if kind.defaulter is not None:
         kind.defaulter(obj)
     errs = validate_metadata(kind, obj)

@@ -28,7 +28,7 @@ from kubevisor.api.authz import TokenRequest
 from kubevisor.api.meta import DeleteOptions
 from kubevisor.api.registry import Kind, Obj, Registry
 from kubevisor.api.validation import FieldError
-from kubevisor.apiserver import admission, errors, patching, tables, watching
+from kubevisor.apiserver import admission, errors, patching, tables, vmactions, watching
 from kubevisor.apiserver.auth import (
     RBAC,
     Attributes,
@@ -299,6 +299,8 @@ class ApiServer:
                 if body is None:
                     raise errors.path_not_found(path)
                 return Response(body, media_type=JSON)
+            if segs[1] == vmactions.GROUP and len(segs) > 3:
+                return await self._kubevirt_action(request, user, segs[2], segs[3:])
             return await self._group_version(request, user, segs[1], segs[2], segs[3:])
         if segs and segs[0] == "openapi":
             await self._authorize_path(user, request, path)
@@ -824,6 +826,52 @@ class ApiServer:
         return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
 
     # --- virtual kinds and special subresources --------------------------------------------------
+
+    async def _kubevirt_action(self, request: Request, user: User, version: str, segs: list[str]) -> Response:
+        """KubeVirt's subresources.kubevirt.io API (virt-api): VM start, stop, restart."""
+        path = request.url.path
+        if (
+            version not in vmactions.VERSIONS
+            or len(segs) != 5
+            or segs[0] != "namespaces"
+            or segs[2] != "virtualmachines"
+            or segs[4] not in vmactions.VM_ACTIONS
+        ):
+            raise errors.path_not_found(path)
+        if request.method != "PUT":
+            raise errors.method_not_allowed()
+        namespace, name, action = segs[1], segs[3], segs[4]
+        attrs = Attributes(
+            verb="update",
+            namespace=namespace,
+            group=vmactions.GROUP,
+            resource="virtualmachines",
+            subresource=action,
+            name=name,
+            path=path,
+        )
+        allowed, _ = await self.rbac.authorize(user, attrs)
+        if not allowed:
+            raise errors.forbidden(forbidden_message(user, attrs))
+        vm_kind = self._kind("kubevirt.io", "v1", "virtualmachines")
+        vmi_kind = self._kind("kubevirt.io", "v1", "virtualmachineinstances")
+        raw = await _read_body(request)
+        body: Obj = {}
+        if raw.strip():
+            value, _ = admission.decode_body(
+                raw, request.headers.get("content-type", JSON), track_duplicates=False
+            )
+            body = value if isinstance(value, dict) else {}
+        await vmactions.vm_action(
+            self.objects,
+            vm_kind=vm_kind,
+            vmi_kind=vmi_kind,
+            namespace=namespace,
+            name=name,
+            action=action,
+            body=body,
+        )
+        return Response(b"", status_code=202)
 
     async def _token(self, request: Request, target: Target) -> Response:
         assert target.namespace is not None and target.name is not None

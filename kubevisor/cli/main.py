@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -27,7 +28,41 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--no-controllers", action="store_true", help="run only the API server (controllers run elsewhere)"
     )
+    for verb in ("start", "stop", "restart"):
+        cmd = sub.add_parser(verb, help=f"{verb} a VirtualMachine (through subresources.kubevirt.io)")
+        cmd.add_argument("name", help="VirtualMachine name")
+        cmd.add_argument("-n", "--namespace", default="default")
+        cmd.add_argument(
+            "--kubeconfig", default=None, help="kubeconfig (default: $KUBECONFIG, ~/.kube/config)"
+        )
     return parser
+
+
+def _kubeconfig(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    env = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    if env:
+        return env
+    home = Path.home() / ".kube" / "config"
+    return str(home if home.exists() else Path("/var/lib/kubevisor/kubeconfig"))
+
+
+async def _vm_action(args: argparse.Namespace) -> int:
+    from kubevisor.client import ApiError, Client
+
+    vm = f"namespaces/{args.namespace}/virtualmachines/{args.name}"
+    path = f"/apis/subresources.kubevirt.io/v1/{vm}/{args.command}"
+    async with Client.from_kubeconfig(_kubeconfig(args.kubeconfig)) as client:
+        try:
+            await client.request("PUT", path)
+        except ApiError as exc:
+            print(
+                f"Error {args.command}ing VirtualMachine {args.namespace}/{args.name}: {exc}", file=sys.stderr
+            )
+            return 1
+    print(f"VM {args.name} was scheduled to {args.command}")
+    return 0
 
 
 async def _up(args: argparse.Namespace) -> int:
@@ -59,11 +94,13 @@ async def _up(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        level=getattr(logging, getattr(args, "log_level", "warning").upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "up":
         return asyncio.run(_up(args))
+    if args.command in ("start", "stop", "restart"):
+        return asyncio.run(_vm_action(args))
     return 2
 
 

@@ -25,6 +25,8 @@ from kubevisor.client.requesting import Client
 from kubevisor.controllers.garbagecollector import GarbageCollector
 from kubevisor.controllers.namespace import NamespaceController
 from kubevisor.controllers.reconciling import Controller
+from kubevisor.controllers.vm import VirtualMachineController
+from kubevisor.controllers.vmi import VirtualMachineInstanceController
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +137,13 @@ class ControllerManager:
 
 def builtin_controllers(client: Client, registry: Registry) -> list[Controller]:
     """The controllers every kubevisor control plane runs."""
-    return [GarbageCollector(client, registry), NamespaceController(client, registry)]
+    controllers: list[Controller] = [
+        GarbageCollector(client, registry),
+        NamespaceController(client, registry),
+    ]
+    if registry.get("kubevirt.io", "v1", "virtualmachineinstances") is not None:
+        controllers += [VirtualMachineController(client), VirtualMachineInstanceController(client)]
+    return controllers
 
 
 async def start_builtin_controllers(

@@ -21,8 +21,10 @@ import httpx
 import pytest
 import yaml
 
+from kubevisor.api.registry import default_registry
 from kubevisor.testing.cluster import PlatformThread
 from tests.compat.conftest import Kubectl, patch_content_types
+from tests.libcompat import COMPAT_DIR, collection_path, documents, manifest_files
 
 WD_GROUP = "/apis/test.kubevisor.io/v1"
 SMP = "application/strategic-merge-patch+json"
@@ -677,3 +679,83 @@ def test_edit_with_an_editor_script(
         assert live["spec"] == {"size": 4, "color": "red"} and live["metadata"]["generation"] == 2
     r = kubectl.run("edit", resource, "edited", "-n", namespace, *kubectl.validate_flags, env=env)
     assert "Edit cancelled, no changes made." in r.stdout + r.stderr  # the second run changes nothing
+
+
+# --- KubeVirt kinds ----------------------------------------------------------------------------------
+
+
+def test_apply_kubevirt_compat_set_and_get_vm_vmi_columns(
+    kubectl: Kubectl, api: httpx.Client, namespace: str
+) -> None:
+    """``kubectl apply -f`` of the whole compatibility directory, then KubeVirt's columns in ``get``."""
+    if kubectl.minor not in (29, 33):
+        pytest.skip("the compatibility set is applied with the oldest and newest kubectl that validate")
+    files = manifest_files()
+    if not files:
+        pytest.skip(f"no compatibility manifests in {COMPAT_DIR}")
+    docs = [doc for path in files for doc in documents(path)]
+
+    r = kubectl.run("apply", "-n", namespace, "-f", str(COMPAT_DIR))
+    created = sorted(line for line in r.stdout.splitlines() if line.endswith(" created"))
+    assert len(created) == len(docs) == 15, r.stdout
+    assert "virtualmachine.kubevirt.io/vm-cirros created" in created
+    assert "datavolume.cdi.kubevirt.io/my-data-volume created" in created
+    specs: dict[str, Any] = {}
+    for doc in docs:
+        kind = default_registry().by_kind(doc["apiVersion"], doc["kind"])
+        assert kind is not None
+        path = collection_path(doc["apiVersion"], kind.plural, namespace) + f"/{doc['metadata']['name']}"
+        live = get(api, path)
+        assert "kubectl.kubernetes.io/last-applied-configuration" in live["metadata"]["annotations"]
+        specs[path] = live["spec"]
+    # Applying again changes nothing. VMIs report "configured": a JSON merge patch replaces a list whole, and
+    # their volumes list holds a default (imagePullPolicy) the manifest's lacks; defaulting puts it back.
+    again = kubectl.run("apply", "-n", namespace, "-f", str(COMPAT_DIR)).stdout.splitlines()
+    assert len(again) == 15 and all(line.endswith((" unchanged", " configured")) for line in again), again
+    assert all(
+        line.endswith(" unchanged") for line in again if "virtualmachineinstance.kubevirt.io" not in line
+    )
+    assert {path: get(api, path)["spec"] for path in specs} == specs
+
+    vms = f"/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines"
+    vmis = f"/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachineinstances"
+    set_status(
+        api,
+        f"{vms}/vm-cirros",
+        {"printableStatus": "Stopped", "conditions": [{"type": "Ready", "status": "False"}]},
+    )
+    set_status(
+        api,
+        f"{vmis}/vmi-migratable",
+        {
+            "phase": "Running",
+            "nodeName": "node-a",
+            "interfaces": [{"name": "default", "ipAddress": "10.244.0.7"}],
+            "conditions": [{"type": "Ready", "status": "True"}, {"type": "LiveMigratable", "status": "True"}],
+        },
+    )
+    out = kubectl.run("get", "vm,vmi", "-n", namespace).stdout.splitlines()
+    assert out[0].split() == ["NAME", "AGE", "STATUS", "READY"]
+    rows = {line.split()[0]: line.split() for line in out if line and not line.startswith("NAME")}
+    assert rows["virtualmachine.kubevirt.io/vm-cirros"][2:] == ["Stopped", "False"]
+    vmi_header = next(line for line in out[1:] if line.startswith("NAME"))
+    assert vmi_header.split() == ["NAME", "AGE", "PHASE", "IP", "NODENAME", "READY"]
+    assert rows["virtualmachineinstance.kubevirt.io/vmi-migratable"][2:] == [
+        "Running",
+        "10.244.0.7",
+        "node-a",
+        "True",
+    ]
+    wide = kubectl.run("get", "vmi", "vmi-migratable", "-n", namespace, "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[-2:] == ["LIVE-MIGRATABLE", "PAUSED"] and wide[1].split()[-1] == "True"
+
+
+def test_explain_kubevirt_vm(kubectl: Kubectl) -> None:
+    if kubectl.minor < 29:
+        pytest.skip("kubectl 1.28 explains from OpenAPI v2 (protobuf), which kubevisor does not serve")
+    r = kubectl.run("explain", "vm.spec.runStrategy")
+    assert "GROUP:      kubevirt.io" in r.stdout and "KIND:       VirtualMachine" in r.stdout
+    assert "FIELD: runStrategy <string>" in r.stdout
+    assert "When the VM runs: Always, Halted, Manual, RerunOnFailure" in r.stdout
+    disks = kubectl.run("explain", "vmi.spec.domain.devices.disks").stdout
+    assert "FIELD: disks <[]Disk>" in disks and "bootOrder\t<integer>" in disks

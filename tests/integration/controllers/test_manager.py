@@ -13,7 +13,9 @@ from tests.integration.client.libcluster import eventually, gone
 
 def manager(client: Client, cluster: Platform, identity: str, **options: Any) -> ControllerManager:
     controllers = [GarbageCollector(client, cluster.registry), NamespaceController(client, cluster.registry)]
-    timing: dict[str, Any] = {"lease_duration": 1, "renew_deadline": 0.6, "retry_period": 0.1}
+    # Short enough for a quick test, long enough that a loaded 2-core machine starting 30 informers in the
+    # same event loop does not miss a renewal and flap leadership.
+    timing: dict[str, Any] = {"lease_duration": 4, "renew_deadline": 3, "retry_period": 0.2}
     timing.update(options)
     return ControllerManager(client, controllers, identity=identity, lease_name="test-manager", **timing)
 
@@ -35,7 +37,9 @@ async def test_only_the_leader_runs_controllers_and_a_standby_takes_over(
     await one.start()
     await two.start()
     try:
-        await eventually(lambda: one.controllers_running or two.controllers_running, what="a leader running")
+        await eventually(
+            lambda: one.controllers_running or two.controllers_running, timeout=30, what="a leader running"
+        )
         leader, standby = (one, two) if one.controllers_running else (two, one)
         assert not standby.controllers_running
         assert all(not c.running for c in standby.controllers)
@@ -44,7 +48,7 @@ async def test_only_the_leader_runs_controllers_and_a_standby_takes_over(
 
         await leader.stop()
         assert all(not c.running for c in leader.controllers)
-        await eventually(lambda: standby.controllers_running, timeout=5, what="the standby to take over")
+        await eventually(lambda: standby.controllers_running, timeout=30, what="the standby to take over")
         await collects(client, "second")
         lease = await client.resource("coordination.k8s.io/v1", "leases").get("test-manager", "kube-system")
         assert lease["spec"]["holderIdentity"] == standby.identity
@@ -57,7 +61,7 @@ async def test_without_leader_election(client: Client, cluster: Platform) -> Non
     solo = manager(client, cluster, "solo", leader_election=False)
     await solo.start()
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(30):
             await solo.wait_started()
         assert solo.is_leader
         await collects(client, "solo")

@@ -168,6 +168,11 @@ def test_index_lists_every_group_version(openapi: OpenAPIV3) -> None:
         "apis/rbac.authorization.k8s.io/v1",
         "apis/authorization.k8s.io/v1",
         "apis/authentication.k8s.io/v1",
+        "apis/kubevirt.io/v1",
+        "apis/instancetype.kubevirt.io/v1beta1",
+        "apis/pool.kubevirt.io/v1beta1",
+        "apis/snapshot.kubevirt.io/v1beta1",
+        "apis/cdi.kubevirt.io/v1beta1",
         "apis/widgets.kubevirt.io/v1alpha1",
     }
     for gv_path, entry in index["paths"].items():
@@ -220,6 +225,11 @@ GROUP_VERSIONS = [
     ("rbac.authorization.k8s.io", "v1"),
     ("authorization.k8s.io", "v1"),
     ("authentication.k8s.io", "v1"),
+    ("kubevirt.io", "v1"),
+    ("instancetype.kubevirt.io", "v1beta1"),
+    ("pool.kubevirt.io", "v1beta1"),
+    ("snapshot.kubevirt.io", "v1beta1"),
+    ("cdi.kubevirt.io", "v1beta1"),
     ("widgets.kubevirt.io", "v1alpha1"),
 ]
 

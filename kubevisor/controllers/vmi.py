@@ -1,0 +1,232 @@
+"""The VirtualMachineInstance controller: scheduling, up to phase ``Scheduled``.
+
+Owner of VMI ``status.phase`` from unset to ``Scheduled`` (with ``status.nodeName`` and the
+``kubevirt.io/nodeName`` label): "here is where the responsibility of virt-controller ends and
+virt-handler takes over" (KubeVirt types.go) — the node agent owns every later phase.
+
+The scheduler picks, among Ready and schedulable Nodes whose labels match ``spec.nodeSelector`` and whose
+NoSchedule/NoExecute taints the VMI tolerates, the one with the most free memory, where free means the
+Node's allocatable minus what the unfinished VMIs bound to it request. When nothing fits the VMI stays
+Pending with condition ``PodScheduled=False, reason Unschedulable`` (the VM shows ErrorUnschedulable) and a
+``FailedScheduling`` Event says why, as kube-scheduler's "0/N nodes are available: ..." does.
+
+A VMI is scheduled in one status write (Pending → Scheduled), which keeps API writes per VMI low.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+from kubevisor.api.kubevirt_admission import parse_quantity
+from kubevisor.api.registry import Obj
+from kubevisor.client import errors
+from kubevisor.client.events import EventRecorder
+from kubevisor.client.informers import Informer
+from kubevisor.client.requesting import Client, ResourceClient
+from kubevisor.controllers.reconciling import Controller, Result
+
+log = logging.getLogger(__name__)
+
+GROUP_VERSION = "kubevirt.io/v1"
+FINISHED = ("Succeeded", "Failed")
+DEFAULT_CPU_PER_VCPU = Decimal("0.1")
+"""KubeVirt requests 100m of CPU per vCPU by default (cpu allocation ratio 10)."""
+UNSCHEDULABLE_RETRY = 5.0
+
+
+def vcpus(spec: Obj) -> int:
+    cpu = ((spec.get("domain") or {}).get("cpu")) or {}
+    return int(cpu.get("cores") or 1) * int(cpu.get("sockets") or 1) * int(cpu.get("threads") or 1)
+
+
+def requests(spec: Obj) -> tuple[Decimal, Decimal]:
+    """(memory bytes, CPU cores) a VMI asks of its node."""
+    domain = spec.get("domain") or {}
+    res = (domain.get("resources") or {}).get("requests") or {}
+    memory = parse_quantity(res.get("memory")) or parse_quantity((domain.get("memory") or {}).get("guest"))
+    cpu = parse_quantity(res.get("cpu"))
+    if cpu is None:
+        cpu = DEFAULT_CPU_PER_VCPU * vcpus(spec)
+    return memory or Decimal(0), cpu
+
+
+def tolerates(tolerations: list[Obj], taint: Obj) -> bool:
+    for tol in tolerations:
+        if tol.get("effect") and tol.get("effect") != taint.get("effect"):
+            continue
+        op = tol.get("operator") or "Equal"
+        if not tol.get("key") and op == "Exists":
+            return True
+        if tol.get("key") != taint.get("key"):
+            continue
+        if op == "Exists" or (tol.get("value") or "") == (taint.get("value") or ""):
+            return True
+    return False
+
+
+def node_ready(node: Obj) -> bool:
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+class Scheduler:
+    """Chooses a node for a VMI from the informer caches (pure: no I/O)."""
+
+    def choose(self, vmi: Obj, nodes: list[Obj], vmis: list[Obj]) -> tuple[str | None, str]:
+        spec = vmi.get("spec") or {}
+        mem, cpu = requests(spec)
+        selector = spec.get("nodeSelector") or {}
+        tolerations = spec.get("tolerations") or []
+        used: dict[str, list[Decimal]] = {}
+        for other in vmis:
+            status = other.get("status") or {}
+            node = status.get("nodeName")
+            if (
+                not node
+                or status.get("phase") in FINISHED
+                or other["metadata"]["uid"] == vmi["metadata"]["uid"]
+            ):
+                continue
+            m, c = requests(other.get("spec") or {})
+            acc = used.setdefault(node, [Decimal(0), Decimal(0)])
+            acc[0] += m
+            acc[1] += c
+        reasons: Counter[str] = Counter()
+        best: tuple[Decimal, str] | None = None
+        for node in nodes:
+            name = node["metadata"]["name"]
+            labels = node["metadata"].get("labels") or {}
+            if not node_ready(node):
+                reasons["node(s) were not ready"] += 1
+                continue
+            if (node.get("spec") or {}).get("unschedulable"):
+                reasons["node(s) were unschedulable"] += 1
+                continue
+            if any(labels.get(k) != v for k, v in selector.items()):
+                reasons["node(s) didn't match Pod's node affinity/selector"] += 1
+                continue
+            taints = [
+                t
+                for t in (node.get("spec") or {}).get("taints") or []
+                if t.get("effect") in ("NoSchedule", "NoExecute")
+            ]
+            untolerated = [t for t in taints if not tolerates(tolerations, t)]
+            if untolerated:
+                t = untolerated[0]
+                reasons[f"node(s) had untolerated taint {{{t.get('key')}: {t.get('value') or ''}}}"] += 1
+                continue
+            alloc = (node.get("status") or {}).get("allocatable") or {}
+            free_mem = (parse_quantity(alloc.get("memory")) or Decimal(0)) - used.get(name, [Decimal(0)] * 2)[
+                0
+            ]
+            free_cpu = (parse_quantity(alloc.get("cpu")) or Decimal(0)) - used.get(name, [Decimal(0)] * 2)[1]
+            if free_mem < mem:
+                reasons["Insufficient memory"] += 1
+                continue
+            if free_cpu < cpu:
+                reasons["Insufficient cpu"] += 1
+                continue
+            if best is None or free_mem > best[0]:
+                best = (free_mem, name)
+        if best is not None:
+            return best[1], ""
+        detail = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+        return None, f"0/{len(nodes)} nodes are available" + (f": {detail}." if detail else ".")
+
+
+class VirtualMachineInstanceController(Controller):
+    """Schedules pending VMIs onto nodes."""
+
+    name = "virtualmachineinstance"
+    concurrency = 4
+
+    def __init__(self, client: Client, *, concurrency: int | None = None) -> None:
+        super().__init__(client, concurrency=concurrency)
+        self.vmis: ResourceClient = client.resource(GROUP_VERSION, "virtualmachineinstances")
+        self.nodes: ResourceClient = client.resource("v1", "nodes")
+        self.recorder = EventRecorder(client, "virtualmachineinstance-controller")
+        self.scheduler = Scheduler()
+        self._vmi_informer: Informer | None = None
+        self._node_informer: Informer | None = None
+        self._reported: dict[str, str] = {}
+        """Last FailedScheduling message per VMI key, so a retry does not repeat the Event."""
+
+    def setup(self) -> None:
+        self._vmi_informer = self.watch(self.vmis)
+        self._node_informer = self.watch(self.nodes, keys=self._pending_keys)
+
+    def _pending_keys(self, node: Obj) -> list[str]:
+        """A Node change may make room: look at every VMI still waiting for one."""
+        if self._vmi_informer is None:
+            return []
+        keys = []
+        for vmi in self._vmi_informer.list():
+            status = vmi.get("status") or {}
+            if not status.get("nodeName") and status.get("phase") in (None, "", "Pending", "Scheduling"):
+                keys.append(f"{vmi['metadata']['namespace']}/{vmi['metadata']['name']}")
+        return keys
+
+    async def reconcile(self, key: str) -> Result | None:
+        assert self._vmi_informer is not None and self._node_informer is not None
+        vmi = self._vmi_informer.get(key)
+        if vmi is None:
+            self._reported.pop(key, None)
+            return None
+        status = vmi.get("status") or {}
+        if vmi["metadata"].get("deletionTimestamp") or status.get("nodeName"):
+            return None
+        if status.get("phase") not in (None, "", "Pending", "Scheduling"):
+            return None
+        node, why = self.scheduler.choose(vmi, self._node_informer.list(), self._vmi_informer.list())
+        new_status = copy.deepcopy(status)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        conditions = [c for c in new_status.get("conditions") or [] if c.get("type") != "PodScheduled"]
+        if node is None:
+            new_status["phase"] = "Pending"
+            conditions.append(
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": why,
+                    "lastProbeTime": None,
+                    "lastTransitionTime": now,
+                }
+            )
+            new_status["conditions"] = conditions
+            if new_status != status:
+                await self._update_status(vmi, new_status)
+            if self._reported.get(key) != why:
+                self._reported[key] = why
+                await self.recorder.warning(vmi, "FailedScheduling", why)
+            return Result(requeue_after=UNSCHEDULABLE_RETRY)
+        self._reported.pop(key, None)
+        new_status["phase"] = "Scheduled"
+        new_status["nodeName"] = node
+        if conditions:
+            new_status["conditions"] = conditions
+        else:
+            new_status.pop("conditions", None)
+        transitions = [
+            t for t in new_status.get("phaseTransitionTimestamps") or [] if t.get("phase") != "Scheduled"
+        ]
+        transitions.append({"phase": "Scheduled", "phaseTransitionTimestamp": now})
+        new_status["phaseTransitionTimestamps"] = transitions
+        # One status write; the node agent selects its VMIs by the status.nodeName field selector.
+        await self._update_status(vmi, new_status)
+        log.info("scheduled %s on %s", key, node)
+        return None
+
+    async def _update_status(self, vmi: Obj, status: Obj) -> None:
+        body: dict[str, Any] = dict(vmi, status=status)
+        try:
+            await self.vmis.update_status(body)
+        except errors.NotFoundError:
+            return
