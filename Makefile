@@ -7,10 +7,20 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= /var/lib/kubevisor
 LISTEN ?= 127.0.0.1:6443
 APT_PACKAGES := python3 python3-venv python3-dev gcc make ca-certificates
+# What virtual machines need: QEMU, and the tools that build the test guest's bootable disk image.
+VM_APT_PACKAGES := qemu-system-x86 qemu-utils xorriso isolinux syslinux-common iproute2 nftables busybox-static
 
-.PHONY: install lint test test-fast up bench clean
+.PHONY: install apt-vm lint test test-fast up bench clean
 
-install: $(STAMP)
+install: $(STAMP) apt-vm
+
+# Idempotent: installs only what is missing, and refreshes the package lists when `apt-get download` (the
+# test guest's kernel and busybox) could not find the packages.
+apt-vm:
+	@missing=""; for p in $(VM_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] || ! apt-cache show linux-image-cloud-amd64 busybox-static >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q $(VM_APT_PACKAGES); fi
 
 $(STAMP): pyproject.toml
 	@if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \

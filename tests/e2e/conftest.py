@@ -1,0 +1,45 @@
+"""Fixtures for end-to-end tests: QEMU must be installed (a missing one fails, never skips), the test
+guest is built once per session (cached across sessions), and each VM gets a short run directory (unix
+socket paths are limited to 107 bytes, which pytest's ``tmp_path`` can exceed)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kubevisor.testing import guest
+from kubevisor.virt import qemucmd
+
+
+@pytest.fixture(scope="session")
+def qemu_binary() -> str:
+    """The QEMU binary; fails the test with what to do when it is missing."""
+    found = shutil.which(qemucmd.QEMU_BINARY)
+    if found is None:
+        pytest.fail(
+            f"{qemucmd.QEMU_BINARY} is not installed: end-to-end tests boot real guests. "
+            "Run `make install` (it installs qemu-system-x86 and the guest build tools).",
+            pytrace=False,
+        )
+    return found
+
+
+@pytest.fixture(scope="session")
+def test_guest(qemu_binary: str) -> guest.Guest:
+    """The test guest (kernel, initramfs, bootable disk image), built or taken from the cache."""
+    try:
+        return guest.build()
+    except guest.GuestBuildError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """A short run directory for one VM's sockets, pidfile and logs."""
+    path = Path(tempfile.mkdtemp(prefix="kv-e2e-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
