@@ -75,7 +75,13 @@ def json_problem(value: Any, max_values: int) -> str | None:
     return problem
 
 
-class _YAMLLoader(yaml.SafeLoader):
+try:  # libyaml's parser: a few MiB of YAML take seconds, not tens of seconds, of the event loop
+    from yaml import CSafeLoader as _SafeLoader
+except ImportError:  # PyYAML built without libyaml
+    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
+
+
+class _YAMLLoader(_SafeLoader):
     """YAML read as Kubernetes reads it (sigs.k8s.io/yaml): timestamps stay strings."""
 
 
@@ -221,6 +227,7 @@ def check_fields(
     problems = [f'unknown field "{p}"' for p in unknown] + [f'duplicate field "{p}"' for p in duplicates]
     if problems and field_validation == "Strict":
         name = (obj.get("metadata") or {}).get("name") or ""
+        name = name if isinstance(name, str) else ""
         raise errors.bad_request(
             f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: '
             f"strict decoding error: {', '.join(problems)}" + (f" ({kind.kind} {name!r})" if name else ""),
@@ -274,6 +281,8 @@ def admit(
         kind, obj, field_validation=field_validation, duplicates=duplicates, warnings=warnings
     )
     name = (obj.get("metadata") or {}).get("name")
+    if not isinstance(name, str):
+        name = None  # not quoted back: it may be any JSON value, megabytes of it
     if type_errors:
         raise errors.invalid(kind, name, type_errors)
     # "spec": null is no spec, as when Kubernetes decodes into its types (the defaulters rely on it).
