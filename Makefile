@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA_DIR ?= /var/lib/kubevisor
 LISTEN ?= 127.0.0.1:6443
+UP_ARGS ?=
 APT_PACKAGES := python3 python3-venv python3-dev gcc make ca-certificates
 # What virtual machines need: QEMU, and the tools that build the test guest's bootable disk image.
 VM_APT_PACKAGES := qemu-system-x86 qemu-utils xorriso isolinux syslinux-common iproute2 nftables busybox-static
@@ -43,7 +44,7 @@ test-fast: install
 	$(VENV)/bin/pytest -q -x -p no:cacheprovider tests/unit
 
 up: install
-	$(VENV)/bin/kubevisor up --data-dir $(DATA_DIR) --listen $(LISTEN)
+	$(VENV)/bin/kubevisor up --data-dir $(DATA_DIR) --listen $(LISTEN) $(UP_ARGS)
 
 bench: install
 	$(PY) bench/api.py

@@ -1,8 +1,12 @@
-"""The single-node platform in one process: store, API server, controllers (and, later, the node agent).
+"""The single-node platform in one process: store, API server, controllers and the node agent.
 
 ``kubevisor up`` runs a :class:`Platform` in the foreground. Tests start the same thing in-process
 (``kubevisor.testing.cluster``), so what they exercise is what users run. On first start the data
 directory gets the cluster PKI and an admin kubeconfig; later starts reuse them.
+
+The node agent (``agent=True``; ``kubevisor up`` turns it on, tests that boot no guest leave it off)
+starts after the controllers and stops first. Stopping the platform never stops a guest: QEMUs outlive
+it, and the agent of the next start adopts them.
 """
 
 from __future__ import annotations
@@ -11,12 +15,16 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kubevisor.api.registry import Registry, default_registry
 from kubevisor.apiserver import backends
 from kubevisor.apiserver.app import ApiServer
 from kubevisor.apiserver.pki import PKI, ensure_pki, write_kubeconfig
 from kubevisor.apiserver.serving import Listener, Server
+
+if TYPE_CHECKING:
+    from kubevisor.agent.running import Agent, AgentConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,8 @@ class Platform:
         registry: Registry | None = None,
         controllers: bool = True,
         compaction_interval: float = 300.0,
+        agent: bool = False,
+        agent_config: AgentConfig | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host, self.requested_port = parse_listen(listen)
@@ -51,6 +61,10 @@ class Platform:
         self._server: Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._controllers: list[object] = []
+        self.run_agent = agent
+        self.agent_config = agent_config
+        """The node agent's settings; default: this data directory, the host's name, no image mirror."""
+        self.agent: Agent | None = None
         self.port = 0
 
     @property
@@ -87,6 +101,8 @@ class Platform:
         await self._server.wait_started()
         if self.run_controllers:
             await self._start_controllers()
+        if self.run_agent:
+            await self._start_agent()
         log.info("kubevisor API server listening on %s", self.url)
 
     async def _start_controllers(self) -> None:
@@ -96,7 +112,19 @@ class Platform:
             return
         self._controllers.append(await start_builtin_controllers(self.kubeconfig, self.registry))
 
+    async def _start_agent(self) -> None:
+        from kubevisor.agent.running import AgentConfig, start_agent
+
+        config = self.agent_config or AgentConfig(data_dir=self.data_dir)
+        self.agent = await start_agent(self.kubeconfig, self.registry, config)
+
     async def stop(self) -> None:
+        agent, self.agent = self.agent, None
+        if agent is not None:
+            try:
+                await agent.stop()  # guests keep running
+            except Exception:
+                log.exception("stopping the node agent failed")
         for ctl in reversed(self._controllers):
             stop = getattr(ctl, "stop", None)
             if stop is not None:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kubevisor.agent.running import AgentConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +32,29 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     up.add_argument(
         "--no-controllers", action="store_true", help="run only the API server (controllers run elsewhere)"
+    )
+    up.add_argument("--no-agent", action="store_true", help="run no node agent (VMs are scheduled, not run)")
+    up.add_argument("--node-name", default=None, help="name of this node (default: the host name)")
+    up.add_argument(
+        "--image-mirror",
+        action="append",
+        default=[],
+        metavar="IMAGE=FILE",
+        help="serve containerDisk IMAGE from the local image FILE (repeatable; registry pulls come later)",
+    )
+    up.add_argument(
+        "--image-dir",
+        action="append",
+        default=[],
+        type=Path,
+        help="let containerDisks name image files under DIR by path (repeatable; DATA/images always)",
+    )
+    up.add_argument(
+        "--host-disk-dir",
+        action="append",
+        default=[],
+        type=Path,
+        help="let hostDisk volumes use files under DIR (repeatable; without it hostDisk is refused)",
     )
     for verb in ("start", "stop", "restart"):
         cmd = sub.add_parser(verb, help=f"{verb} a VirtualMachine (through subresources.kubevirt.io)")
@@ -65,11 +93,37 @@ async def _vm_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent_config(args: argparse.Namespace) -> AgentConfig:
+    from kubevisor.agent.running import AgentConfig
+
+    mirror = {}
+    for entry in args.image_mirror:
+        image, sep, path = entry.partition("=")
+        if not sep or not image or not path:
+            raise ValueError(f"--image-mirror {entry!r}: expected IMAGE=FILE")
+        mirror[image] = Path(path).resolve()
+    config = AgentConfig(
+        data_dir=Path(args.data_dir).resolve(),
+        image_mirror=mirror,
+        image_dirs=tuple(p.resolve() for p in args.image_dir),
+        host_disk_dirs=tuple(p.resolve() for p in args.host_disk_dir),
+    )
+    if args.node_name:
+        config = dataclasses.replace(config, node_name=args.node_name)
+    return config
+
+
 async def _up(args: argparse.Namespace) -> int:
     from kubevisor import platform
 
     try:
-        plat = platform.Platform(args.data_dir, args.listen, controllers=not args.no_controllers)
+        plat = platform.Platform(
+            args.data_dir,
+            args.listen,
+            controllers=not args.no_controllers,
+            agent=not args.no_agent,
+            agent_config=_agent_config(args),
+        )
     except ValueError as exc:
         print(f"kubevisor up: {exc}", file=sys.stderr)
         return 2

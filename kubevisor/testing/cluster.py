@@ -1,7 +1,8 @@
 """Real kubevisor platforms for tests and benchmarks: in the test's event loop, or in a thread.
 
 - ``async with running_platform(tmp_path) as plat``: the platform in the current event loop, for async
-  tests (``plat.url``, ``plat.kubeconfig``, ``plat.store`` for store-level actions such as compaction).
+  tests (``plat.url``, ``plat.kubeconfig``, ``plat.store`` for store-level actions such as compaction);
+  ``agent=True`` adds the node agent, which boots real guests.
 - ``with platform_thread(tmp_path) as plat``: the platform in its own thread and loop, for synchronous
   clients that would otherwise block the loop serving them (kubectl subprocesses, the official
   ``kubernetes`` client). ``plat.run(coro)`` runs a coroutine on the platform's loop.
@@ -17,10 +18,13 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import Future
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kubevisor.api.registry import Registry
 from kubevisor.platform import Platform
+
+if TYPE_CHECKING:
+    from kubevisor.agent.running import AgentConfig
 
 T = TypeVar("T")
 
@@ -32,6 +36,8 @@ async def running_platform(
     registry: Registry | None = None,
     controllers: bool = True,
     compaction_interval: float = 0,
+    agent: bool = False,
+    agent_config: AgentConfig | None = None,
 ) -> AsyncIterator[Platform]:
     plat = Platform(
         data_dir,
@@ -39,6 +45,8 @@ async def running_platform(
         registry=registry,
         controllers=controllers,
         compaction_interval=compaction_interval,
+        agent=agent,
+        agent_config=agent_config,
     )
     await plat.start()
     try:

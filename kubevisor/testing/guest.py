@@ -25,6 +25,9 @@ The guest's contract, which tests rely on (lines on the serial console, ``ttyS0`
   and prints ``KUBEVISOR-GUEST-IP eth0=<address>`` on each lease;
 - ACPI powerdown (QMP ``system_powerdown``) prints ``KUBEVISOR-GUEST-POWEROFF`` and powers off at once;
 - then a root shell runs on the console (prompt ``<hostname>#``).
+
+Seeds are written by :mod:`kubevisor.virt.cloudinit` (the node agent writes the same images); this module
+re-exports :func:`nocloud_seed` and :func:`configdrive_seed`.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import fcntl
 import functools
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -45,6 +47,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from kubevisor.virt.cloudinit import configdrive_seed, nocloud_seed
 
 __all__ = [
     "IP_MARKER",
@@ -265,37 +269,6 @@ def build() -> Guest:
         if not (final / "manifest.json").exists():
             _build_into(final, packages, boot_files, root)
     return _load(final)
-
-
-def nocloud_seed(
-    dest: Path,
-    *,
-    hostname: str,
-    user_data: str,
-    instance_id: str = "kubevisor-test",
-    meta_data: str | None = None,
-    network_config: str = "",
-) -> Path:
-    """Write a NoCloud seed image (ISO 9660, volume id ``cidata``) with ``meta-data`` and ``user-data``.
-
-    ``meta-data`` is YAML naming ``instance_id`` and ``hostname`` unless ``meta_data`` gives its text;
-    ``network-config`` is written when given (cloud-init reads it; the test guest ignores it)."""
-    if meta_data is None:
-        meta_data = f"instance-id: {instance_id}\nlocal-hostname: {hostname}\n"
-    files = {"meta-data": meta_data, "user-data": user_data}
-    if network_config:
-        files["network-config"] = network_config
-    return _write_iso(dest, "cidata", files)
-
-
-def configdrive_seed(dest: Path, *, hostname: str, user_data: str, uuid: str = "kubevisor-test") -> Path:
-    """Write a ConfigDrive seed image (ISO 9660, volume id ``config-2``) in the OpenStack layout."""
-    meta = {"uuid": uuid, "hostname": hostname, "name": hostname}
-    files = {
-        "openstack/latest/meta_data.json": json.dumps(meta),
-        "openstack/latest/user_data": user_data,
-    }
-    return _write_iso(dest, "config-2", files)
 
 
 # --- inputs -------------------------------------------------------------------------------------------
@@ -533,36 +506,3 @@ def _disk(out: Path, boot_files: Mapping[str, Path], tree: Path) -> None:
         ],
         what="making the bootable disk image",
     )  # fmt: skip
-
-
-# --- seeds --------------------------------------------------------------------------------------------
-
-
-def _write_iso(dest: Path, volume_id: str, files: Mapping[str, str]) -> Path:
-    """An ISO 9660 image with Rock Ridge and Joliet names, as cloud-init's own seed tools write.
-
-    Guests read the Rock Ridge (or Joliet) names; the plain ISO 9660 names are short placeholders."""
-    import pycdlib
-
-    iso = pycdlib.PyCdlib()
-    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=volume_id)
-    iso_dirs = {"": ""}
-    for index, (name, text) in enumerate(sorted(files.items())):
-        parts = name.split("/")
-        for depth in range(1, len(parts)):
-            directory = "/".join(parts[:depth])
-            if directory not in iso_dirs:
-                iso_dirs[directory] = f"{iso_dirs['/'.join(parts[: depth - 1])]}/D{len(iso_dirs):07d}"
-                iso.add_directory(iso_dirs[directory], rr_name=parts[depth - 1], joliet_path="/" + directory)
-        data = text.encode()
-        iso.add_fp(
-            io.BytesIO(data),
-            len(data),
-            f"{iso_dirs['/'.join(parts[:-1])]}/F{index:07d}.;1",
-            rr_name=parts[-1],
-            joliet_path="/" + name,
-        )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    iso.write(str(dest))
-    iso.close()
-    return dest

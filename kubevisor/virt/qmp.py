@@ -20,7 +20,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
 
-from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient, QMPError
+from qemu.qmp import (
+    ConnectError,
+    EventListener,
+    ExecInterruptedError,
+    ExecuteError,
+    QMPClient,
+    QMPError,
+    Runstate,
+)
 
 __all__ = ["EventListener", "QmpError", "Session"]
 
@@ -114,6 +122,22 @@ class Session:
                 raise QmpError(f"QMP {self.socket}: no {name} event within {timeout:g} s") from e
             if event["event"] == name:
                 return dict(event)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the session is up (QEMU has not hung up, and :meth:`close` was not called)."""
+        return self._client.runstate == Runstate.RUNNING
+
+    async def wait_hangup(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for QEMU to hang up (it is exiting); whether it did. Once it has,
+        every event QEMU sent before exiting has reached the listeners."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._client.runstate in (Runstate.RUNNING, Runstate.CONNECTING):
+                    await self._client.runstate_changed()
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         """Disconnect. QEMU having hung up first (it quit, or was killed) is not an error here."""

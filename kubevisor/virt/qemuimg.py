@@ -1,0 +1,100 @@
+"""``qemu-img``: the disk images a VM's volumes need (overlays on shared images, empty disks, host disks).
+
+One module per host tool (STYLE "host operations"): the functions named ``*_argv`` build argument lists
+and are pure (unit-tested); the async functions run them with :func:`asyncio.create_subprocess_exec`,
+never through a shell, and raise :class:`ImageError` carrying ``qemu-img``'s own message.
+
+Overlays: a qcow2 file whose backing file is a shared, read-only image (a containerDisk from the node's
+image cache or mirror). The guest writes into the overlay; the base is never written, so every VM using it
+can share it, and deleting the VM's run directory discards what the guest wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "QEMU_IMG",
+    "ImageError",
+    "create",
+    "create_argv",
+    "info",
+    "info_argv",
+    "overlay",
+    "overlay_argv",
+]
+
+QEMU_IMG = "qemu-img"
+ImageFormat = Literal["raw", "qcow2"]
+
+
+class ImageError(RuntimeError):
+    """A qemu-img operation failed; the message names the image and carries qemu-img's error."""
+
+
+def info_argv(path: Path) -> list[str]:
+    """``qemu-img info`` as JSON, without following the backing chain."""
+    return [QEMU_IMG, "info", "--output=json", "--force-share", str(path)]
+
+
+def create_argv(path: Path, fmt: ImageFormat, size_bytes: int) -> list[str]:
+    """A new empty image of ``size_bytes`` (sparse for raw; qcow2 with no preallocation)."""
+    return [QEMU_IMG, "create", "-q", "-f", fmt, str(path), str(size_bytes)]
+
+
+def overlay_argv(path: Path, backing: Path, backing_format: str) -> list[str]:
+    """A qcow2 overlay on ``backing`` (an absolute path, opened read-only by QEMU)."""
+    return [
+        QEMU_IMG, "create", "-q", "-f", "qcow2",
+        "-b", str(backing), "-F", backing_format,
+        str(path),
+    ]  # fmt: skip
+
+
+async def _run(argv: list[str], what: str) -> str:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except FileNotFoundError as e:
+        raise ImageError(f"{what}: {QEMU_IMG} is not installed; install qemu-utils (`make install`)") from e
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise ImageError(f"{what}: qemu-img failed (exit {proc.returncode}): {err.decode().strip()}")
+    return out.decode()
+
+
+async def info(path: Path) -> dict[str, Any]:
+    """What ``qemu-img info`` says about ``path``: ``format``, ``virtual-size``, ``backing-filename``..."""
+    result: dict[str, Any] = json.loads(await _run(info_argv(path), f"reading image {path}"))
+    return result
+
+
+async def create(path: Path, fmt: ImageFormat, size_bytes: int) -> Path:
+    """Create an empty image (fails if ``path`` exists: never overwrite a disk)."""
+    if _exists(path):
+        raise ImageError(f"creating image {path}: it already exists")
+    await _run(create_argv(path, fmt, size_bytes), f"creating image {path}")
+    return path
+
+
+async def overlay(path: Path, backing: Path) -> Path:
+    """Create a qcow2 overlay at ``path`` on ``backing`` (its format detected); returns ``path``."""
+    backing = _absolute(backing)
+    fmt = str((await info(backing)).get("format") or "raw")
+    await _run(overlay_argv(path, backing, fmt), f"creating overlay {path} on {backing}")
+    return path
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+def _absolute(path: Path) -> Path:
+    return path.resolve()
