@@ -8,10 +8,11 @@ DATA_DIR ?= /var/lib/kubevisor
 LISTEN ?= 127.0.0.1:6443
 UP_ARGS ?=
 APT_PACKAGES := python3 python3-venv python3-dev gcc make ca-certificates
-# What virtual machines need: QEMU, and the tools that build the test guest's bootable disk image.
-VM_APT_PACKAGES := qemu-system-x86 qemu-utils xorriso isolinux syslinux-common iproute2 nftables busybox-static
+# What virtual machines need: QEMU, and the tools that build the test guest's bootable disk image;
+# docker-registry and skopeo: the registry containerDisk pull tests push the test guest into.
+VM_APT_PACKAGES := qemu-system-x86 qemu-utils xorriso isolinux syslinux-common iproute2 nftables busybox-static ovmf grub-efi-amd64-bin mtools docker-registry skopeo
 
-.PHONY: install apt-vm lint test test-fast up bench clean
+.PHONY: install apt-vm lint test test-fast up bench bench-vm clean
 
 install: $(STAMP) apt-vm
 
@@ -43,11 +44,26 @@ test: lint
 test-fast: install
 	$(VENV)/bin/pytest -q -x -p no:cacheprovider tests/unit
 
+# `make up`: the single-node platform with the demo VM (DEMO= to start without it). The test guest is built
+# (cached after the first time) and served to the node's image mirror as kubevisor/test-guest:latest.
+DEMO ?= examples/demo-vm.yaml
+DEMO_IMAGE := kubevisor/test-guest:latest
 up: install
-	$(VENV)/bin/kubevisor up --data-dir $(DATA_DIR) --listen $(LISTEN) $(UP_ARGS)
+	@if [ -n "$(DEMO)" ]; then \
+	  disk=$$($(PY) -c 'from kubevisor.testing import guest; print(guest.build().disk)') || exit 1; \
+	  demo_args="--image-mirror $(DEMO_IMAGE)=$$disk --demo $(DEMO)"; fi; \
+	exec $(VENV)/bin/kubevisor up --data-dir $(DATA_DIR) --listen $(LISTEN) $$demo_args $(UP_ARGS)
 
 bench: install
 	$(PY) bench/api.py
+
+# VM benchmarks (real guests under QEMU): start latency vs bare QEMU, density, memory footprint.
+# DENSITY_COUNT=20 scales density down on small machines.
+DENSITY_COUNT ?= 100
+bench-vm: install
+	$(PY) bench/vm_start.py
+	$(PY) bench/footprint.py
+	$(PY) bench/density.py --count $(DENSITY_COUNT)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,13 @@ from typing import TYPE_CHECKING
 from kubevisor.api.registry import Registry, default_registry
 from kubevisor.apiserver import backends
 from kubevisor.apiserver.app import ApiServer
-from kubevisor.apiserver.pki import PKI, ensure_pki, write_kubeconfig
+from kubevisor.apiserver.pki import (
+    PKI,
+    ensure_agent_client,
+    ensure_agent_serving,
+    ensure_pki,
+    write_kubeconfig,
+)
 from kubevisor.apiserver.serving import Listener, Server
 
 if TYPE_CHECKING:
@@ -82,8 +89,13 @@ class Platform:
         self.pki = ensure_pki(self.data_dir / "pki", hosts=[self.host])
         self.store = await backends.open_embedded(self.data_dir / "db.sqlite")
         tokens = self.pki.token_issuer()
+        agent_cert, agent_key = ensure_agent_client(self.pki)
         self.app = ApiServer(
-            self.store, self.registry, tokens=tokens, compaction_interval=self.compaction_interval
+            self.store,
+            self.registry,
+            tokens=tokens,
+            compaction_interval=self.compaction_interval,
+            agent_tls=self.pki.client_ssl_context(agent_cert, agent_key),
         )
         await self.app.start()
         listener = Listener.bind(self.host, self.requested_port)
@@ -116,6 +128,13 @@ class Platform:
         from kubevisor.agent.running import AgentConfig, start_agent
 
         config = self.agent_config or AgentConfig(data_dir=self.data_dir)
+        if config.serving_cert is None and self.pki is not None:  # this cluster's CA signs its certificate
+            host = config.listen.rpartition(":")[0].strip("[]")
+            hosts = [h for h in (host, config.address) if h and h not in ("0.0.0.0", "::")]
+            cert, key = ensure_agent_serving(self.pki, config.node_name, hosts)
+            config = dataclasses.replace(
+                config, serving_cert=cert, serving_key=key, client_ca=self.pki.ca_cert
+            )
         self.agent = await start_agent(self.kubeconfig, self.registry, config)
 
     async def stop(self) -> None:

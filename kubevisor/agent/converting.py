@@ -12,13 +12,15 @@ Mapping (KubeVirt's field -> Domain):
 - CPU: ``domain.cpu`` sockets/cores/threads (1 each by default); ``host-model`` and ``host-passthrough``
   become the driver's default (``host`` under KVM, QEMU's default model under TCG), a named model passes.
 - ``domain.machine.type`` (q35 by default), ``domain.firmware.uuid``, ACPI unless
-  ``domain.features.acpi.enabled`` is false.
+  ``domain.features.acpi.enabled`` is false; ``firmware.kernelBoot``: QEMU loads the prepared kernel and
+  initrd with ``kernelArgs`` as the command line; ``bootloader.efi``: OVMF (refused when not installed).
 - disks, in ``devices.disks`` order: ``disk``/``lun`` (bus virtio, sata or scsi) and ``cdrom`` (sata or
   scsi), ``bootOrder``, ``serial``, ``cache``, ``shareable``, read-only when the target or the volume is.
 - interfaces on the pod network (bridge, masquerade or slirp binding; model virtio, e1000, e1000e or
-  rtl8139; ``macAddress``, else one derived from the VMI's uid; ``bootOrder``): QEMU's user-mode network
-  for now. The pod network library (:mod:`kubevisor.network`) is not wired in yet, so every pod-network
-  binding gets a private user-mode network (guest address 10.0.2.15 by DHCP, outbound NAT, no inbound).
+  rtl8139; ``macAddress``, else one derived from the VMI's uid; ``bootOrder``): the tap device of the
+  interface's pod network attachment (:mod:`kubevisor.agent.networking` attached it before), or, for an
+  interface without one (slirp, or the node's pod network is off), QEMU's private user-mode network
+  (guest address 10.0.2.15 by DHCP, outbound NAT, no inbound).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from kubevisor.api.kubevirt import (
 )
 from kubevisor.api.kubevirt_admission import parse_quantity
 from kubevisor.network import bindings
-from kubevisor.virt.domain import Accel, Cpu, Disk, DiskBus, Domain, Firmware, Nic, RunPaths
+from kubevisor.virt.domain import Accel, Cpu, Disk, DiskBus, Domain, Firmware, KernelBoot, Nic, RunPaths
 
 __all__ = [
     "ConversionError",
@@ -178,7 +180,13 @@ def _disk(index: int, disk: ApiDisk, volumes: Mapping[str, PreparedVolume]) -> D
     )
 
 
-def _nic(index: int, iface: Interface, spec: VirtualMachineInstanceSpec, uid: str) -> Nic:
+def _nic(
+    index: int,
+    iface: Interface,
+    spec: VirtualMachineInstanceSpec,
+    uid: str,
+    attachment: bindings.Attachment | None = None,
+) -> Nic:
     where = f"spec.domain.devices.interfaces[{index}]"
     network = next((n for n in spec.networks or [] if n.name == iface.name), None)
     if network is None:
@@ -204,6 +212,14 @@ def _nic(index: int, iface: Interface, spec: VirtualMachineInstanceSpec, uid: st
         raise ConversionError(
             f"{where}.model: {model!r} is not supported here; use one of {', '.join(NIC_MODELS)}"
         )
+    if attachment is not None:
+        return Nic(
+            name=iface.name,
+            mac=attachment.mac,
+            model=cast(Literal["virtio", "e1000", "e1000e", "rtl8139"], model),
+            tap=attachment.device,
+            boot_order=iface.boot_order,
+        )
     return Nic(
         name=iface.name,
         mac=iface.mac_address or bindings.mac_address(uid),
@@ -222,15 +238,18 @@ def domain(
     volumes: Mapping[str, PreparedVolume],
     accel: Accel,
     firmware: Firmware | None = None,
+    attachments: Mapping[str, bindings.Attachment] | None = None,
+    kernel_boot: KernelBoot | None = None,
 ) -> Domain:
     """The Domain running the VMI ``namespace/name`` (``uid``) from the prepared ``volumes`` (volume name
     -> image). ``firmware`` is the UEFI set-up :mod:`~kubevisor.agent.preparing` made when
-    :func:`wants_uefi`; BIOS otherwise."""
+    :func:`wants_uefi`; BIOS otherwise. ``attachments`` (interface name -> its pod network attachment)
+    give interfaces their tap device; the others get QEMU's user-mode network. ``kernel_boot`` is the kernel
+    (and initrd) :mod:`~kubevisor.agent.preparing` found for ``firmware.kernelBoot``."""
     dom = spec.domain
-    if dom.firmware is not None and dom.firmware.kernel_boot is not None:
+    if dom.firmware is not None and dom.firmware.kernel_boot is not None and kernel_boot is None:
         raise ConversionError(
-            "spec.domain.firmware.kernelBoot: direct kernel boot is not supported on this node yet; "
-            "boot from a disk"
+            "spec.domain.firmware.kernelBoot: the kernel was not prepared; name it in kernelBoot.container"
         )
     uefi, _ = wants_uefi(spec)
     firmware = firmware or Firmware()
@@ -241,7 +260,11 @@ def domain(
         )
     devices = dom.devices
     disks = tuple(_disk(i, d, volumes) for i, d in enumerate(devices.disks or []))
-    nics = tuple(_nic(i, iface, spec, uid) for i, iface in enumerate(devices.interfaces or []))
+    attached = attachments or {}
+    nics = tuple(
+        _nic(i, iface, spec, uid, attached.get(iface.name))
+        for i, iface in enumerate(devices.interfaces or [])
+    )
     acpi = dom.features.acpi if dom.features else None
     return Domain(
         name=domain_name(namespace, name),
@@ -252,10 +275,12 @@ def domain(
         machine=(dom.machine.type if dom.machine else None) or DEFAULT_MACHINE,
         uuid=dom.firmware.uuid if dom.firmware else None,
         firmware=firmware,
+        kernel_boot=kernel_boot,
         disks=disks,
         nics=nics,
-        graphics=False,
+        graphics=devices.autoattach_graphics_device is not False,  # KubeVirt: VGA + VNC unless turned off
         serial_log=True,
         start_paused=True,
         acpi=acpi is None or acpi.enabled is not False,
+        rng=devices.rng is not None,
     )

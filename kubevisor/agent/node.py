@@ -122,9 +122,13 @@ class NodeRegistration:
         accel: Accel,
         memory_reserve_mib: int = 512,
         lease_interval: float = 10.0,
+        endpoint: tuple[str, int] | None = None,
     ) -> None:
         self.client = client
         self.name = name
+        self.endpoint = endpoint
+        """(InternalIP, port) of the agent's server, published in ``status.addresses`` and
+        ``status.daemonEndpoints.kubeletEndpoint.Port`` for the apiserver; None: the node serves none."""
         self.accel = accel
         self.memory_reserve_mib = memory_reserve_mib
         self.lease_interval = lease_interval
@@ -175,6 +179,11 @@ class NodeRegistration:
             addresses=[{"type": "Hostname", "address": self.name}],
             nodeInfo=_node_info(),
         )
+        if self.endpoint is not None:
+            status["addresses"] = [{"type": "InternalIP", "address": self.endpoint[0]}, *status["addresses"]]
+            status["daemonEndpoints"] = {"kubeletEndpoint": {"Port": self.endpoint[1]}}
+        else:
+            status.pop("daemonEndpoints", None)
         for attempt in range(5):
             try:
                 result: Obj = await self.nodes.update_status(dict(node, status=status))

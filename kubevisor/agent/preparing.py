@@ -2,12 +2,15 @@
 
 The run directory is ``DATA/vms/<namespace>/<name>/`` (ARCHITECTURE "Storage on disk"). What goes in it:
 
-- ``containerDisk``: a qcow2 overlay (``disk-<volume>.qcow2``) on the image's file. Registry pulls are not
-  implemented yet: the image must be in this node's image mirror (``AgentConfig.image_mirror``, image
-  reference -> local file, e.g. ``kubevisor up --image-mirror registry.local/guest:latest=/srv/guest.img``)
-  or be the absolute path of a file under one of the node's image directories (``DATA/images`` and
-  ``--image-dir``). Anything else is :class:`ImageNotFound`, which the agent reports in an Event and
-  retries, as a kubelet does with an image it cannot pull.
+- ``containerDisk``: a qcow2 overlay (``disk-<volume>.qcow2``) on the image's disk, found in this order:
+  the node's image mirror (``AgentConfig.image_mirror``, image reference -> local file, e.g.
+  ``kubevisor up --image-mirror quay.io/kubevirt/cirros-container-disk-demo=/srv/guest.img``); the absolute
+  path of a file under one of the node's image directories (``DATA/images`` and ``--image-dir``); else a
+  pull from the image's registry into the node's image cache (:mod:`kubevisor.storage.registry`), honouring
+  ``imagePullPolicy`` and logging in with ``imagePullSecret`` (a ``kubernetes.io/dockerconfigjson`` Secret
+  of the VMI's namespace). What may work later (unknown image, no access, registry unreachable, corrupt
+  download) is :class:`ImageNotFound`, which the agent reports in an ``ErrImagePull`` Event and retries, as
+  a kubelet does; an image that is no containerDisk (no disk under ``/disk``, unsafe layers) fails the VMI.
 - ``hostDisk``: the file itself, raw (``Disk``: it must exist; ``DiskOrCreate``: created sparse with
   ``capacity`` when missing). Never format-probed: a guest could write a qcow2 header into a raw disk.
   Only under the node's host-disk directories (``--host-disk-dir``; none by default, as KubeVirt's
@@ -20,11 +23,26 @@ against the allowed directories.
   :mod:`kubevisor.virt.cloudinit`, user and network data from the spec or from a Secret
   (``secretRef``, ``networkDataSecretRef``: keys ``userdata``/``userData``, ``networkdata``/``networkData``).
   meta-data is what KubeVirt writes: ``{"instance-id": "<name>.<namespace>", "local-hostname": ...}``.
+- ``persistentVolumeClaim`` / ``dataVolume`` (the claim of the DataVolume's name): the image file of the
+  PersistentVolume the claim is bound to, attached in place (:mod:`kubevisor.agent.claims` says which
+  volumes a node attaches). A missing or unbound claim makes the VMI wait (:class:`VolumeNotReady`); a
+  ReadWriteOnce claim another running VMI of this node attaches waits too.
+- ``ephemeral``: a qcow2 overlay (``ephemeral-<volume>.qcow2``) on a claim's image, which stays untouched;
+  what the guest writes is discarded with the run directory.
+- ``configMap``, ``secret``, ``serviceAccount``, ``downwardAPI``: as KubeVirt presents them to a guest, a
+  read-only ISO 9660 disk (``config-<volume>.iso``, Rock Ridge and Joliet names), one file per key, labelled
+  ``volumeLabel`` or ``cfgdata``. A missing ConfigMap, Secret or ServiceAccount makes the VMI wait
+  (unless ``optional: true``: then the disk is empty). serviceAccount holds ``namespace`` and ``token`` (a
+  token from the ServiceAccount's token subresource); downwardAPI holds the ``fieldRef`` files of the VMI's
+  metadata (name, namespace, uid, labels, annotations), in the kubelet's format.
+- ``firmware.kernelBoot.container``: the kernel and initrd at ``kernelPath``/``initrdPath`` inside the
+  image, which must resolve to a directory: the node's image mirror maps the image to one, or the image is
+  the absolute path of a directory under one of the node's image directories.
 - UEFI: this VM's own copy of the OVMF variable store (``OVMF_VARS.fd``).
 
 Every file created is registered with the caller's :class:`~kubevisor.virt.process.Reverter`, so a failed
-start leaves no half-prepared directory behind. Other volume kinds (PVC, DataVolume, ephemeral, configMap,
-secret, ...) are refused with :class:`PrepareError` until the storage issue brings them.
+start leaves no half-prepared directory behind. Other volume kinds (sysprep, downwardMetrics, ...) are
+refused with :class:`PrepareError`.
 """
 
 from __future__ import annotations
@@ -37,7 +55,9 @@ import shutil
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from kubevisor.agent import claims
 from kubevisor.agent.converting import PreparedVolume, hostname, wants_uefi
 from kubevisor.api.kubevirt import (
     CloudInitConfigDriveSource,
@@ -46,16 +66,20 @@ from kubevisor.api.kubevirt import (
     Volume,
 )
 from kubevisor.api.kubevirt_admission import parse_quantity
+from kubevisor.storage import registry
 from kubevisor.virt import cloudinit, qemucmd, qemuimg
-from kubevisor.virt.domain import Firmware
+from kubevisor.virt.domain import Firmware, KernelBoot
 from kubevisor.virt.process import Reverter
 
 __all__ = [
+    "CONFIG_LABEL",
     "ImageNotFound",
     "NodeStorage",
     "PrepareError",
     "Prepared",
     "SecretReader",
+    "Sources",
+    "VolumeNotReady",
     "prepare",
     "resolve_image",
     "within",
@@ -63,16 +87,16 @@ __all__ = [
 
 SecretReader = Callable[[str], Awaitable[Mapping[str, str] | None]]
 """Reads the Secret ``name`` of the VMI's namespace: its decoded data, or None if it does not exist."""
+TokenRequester = Callable[[str], Awaitable[str | None]]
+"""Asks for a token of the ServiceAccount ``name`` of the VMI's namespace; None if it does not exist."""
+ClaimUsers = Callable[[str], list[str]]
+"""The other VMIs running on this node (``namespace/name``) that attach the claim ``name`` writable."""
+CONFIG_LABEL = "cfgdata"
+MAX_LABEL = 32
+"""Volume label of a configMap/secret/serviceAccount/downwardAPI disk without ``volumeLabel`` (KubeVirt's)."""
 
 UNSUPPORTED_VOLUMES = (
-    "ephemeral",
-    "persistentVolumeClaim",
-    "dataVolume",
     "sysprep",
-    "configMap",
-    "secret",
-    "downwardAPI",
-    "serviceAccount",
     "downwardMetrics",
     "memoryDump",
     "containerPath",
@@ -87,6 +111,33 @@ class ImageNotFound(PrepareError):
     """A containerDisk's image is neither in the node's image mirror nor a local file (may appear later)."""
 
 
+class VolumeNotReady(PrepareError):
+    """What a volume needs is not there yet (a claim, a ConfigMap, a Secret): wait, say why, retry."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """CamelCase Event reason."""
+
+
+async def _nothing(*_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What preparing may read from the cluster besides Secrets (by default: nothing exists)."""
+
+    read: claims.ObjectReader = _nothing
+    """Reads an object of the VMI's namespace (or a PersistentVolume)."""
+    request_token: TokenRequester = _nothing
+    """Tokens for serviceAccount volumes."""
+    claim_users: ClaimUsers = lambda claim: []
+    """Who else on this node attaches a claim."""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    """The VMI's metadata, for downwardAPI volumes."""
+
+
 @dataclass(frozen=True)
 class Prepared:
     """What the run directory now holds for the Domain."""
@@ -95,6 +146,8 @@ class Prepared:
     """Volume name -> its image."""
     firmware: Firmware
     """BIOS, or UEFI with this VM's variable store."""
+    kernel_boot: KernelBoot | None = None
+    """The kernel (and initrd) of ``firmware.kernelBoot``, when it is set."""
 
 
 def _size(value: object, field: str) -> int:
@@ -114,8 +167,12 @@ class NodeStorage:
     """containerDisk image reference -> local image file (trusted: the node's administrator set it)."""
     image_dirs: tuple[Path, ...] = ()
     """Directories whose files a containerDisk may name by absolute path."""
+    image_cache: registry.ImageCache | None = None
+    """Where containerDisks pulled from registries are kept (``DATA/images/cache``); None: no pulls."""
     host_disk_dirs: tuple[Path, ...] = ()
     """Directories hostDisk volumes may use; none: hostDisk is refused."""
+    volume_dirs: tuple[Path, ...] = ()
+    """Directories the images of PersistentVolumes (hostPath, local) may be in (``DATA/volumes``...)."""
 
 
 def within(path: Path, roots: Iterable[Path]) -> bool:
@@ -151,11 +208,26 @@ async def prepare(
     storage: NodeStorage,
     read_secret: SecretReader,
     revert: Reverter,
+    sources: Sources | None = None,
 ) -> Prepared:
     """Create the images of every volume of the VMI in ``run_dir`` (which must exist)."""
+    sources = sources or Sources()
     volumes: dict[str, PreparedVolume] = {}
     for index, volume in enumerate(spec.volumes or []):
         where = f"spec.volumes[{index}]"
+        if volume.container_disk is None and volume.host_disk is None and volume.empty_disk is None:
+            found = await _cluster_volume(
+                volume,
+                where,
+                namespace=namespace,
+                run_dir=run_dir,
+                storage=storage,
+                sources=sources,
+                revert=revert,
+            )
+            if found is not None:
+                volumes[volume.name] = found
+                continue
         volumes[volume.name] = await _volume(
             volume,
             where,
@@ -168,7 +240,9 @@ async def prepare(
             read_secret=read_secret,
             revert=revert,
         )
-    return Prepared(volumes=volumes, firmware=_firmware(spec, run_dir, revert))
+    return Prepared(
+        volumes=volumes, firmware=_firmware(spec, run_dir, revert), kernel_boot=_kernel_boot(spec, storage)
+    )
 
 
 async def _volume(
@@ -187,15 +261,7 @@ async def _volume(
     if "/" in volume.name or volume.name.startswith("."):
         raise PrepareError(f"{where}.name: {volume.name!r} is not a DNS label")
     if volume.container_disk is not None:
-        image = volume.container_disk.image
-        base = resolve_image(image, storage)
-        if base is None:
-            raise ImageNotFound(
-                f"{where}.containerDisk.image: image {image!r} (volume {volume.name!r}) is not in node "
-                f"{storage.node}'s image mirror and is not a file in its image directories; pulling from a "
-                "registry is not implemented yet: map it with `kubevisor up --image-mirror IMAGE=FILE`, "
-                "or put the image file under an --image-dir"
-            )
+        base = await _container_disk(volume, where, storage, read_secret)
         path = run_dir / f"disk-{volume.name}.qcow2"
         revert.add(lambda: path.unlink(missing_ok=True))
         try:
@@ -238,8 +304,71 @@ async def _volume(
     kind = next((k for k in UNSUPPORTED_VOLUMES if getattr(volume, _attr(k), None) is not None), "unknown")
     raise PrepareError(
         f"{where}.{kind}: volume {volume.name!r}: {kind} volumes are not supported on this node yet; "
-        "use containerDisk, hostDisk, emptyDisk, cloudInitNoCloud or cloudInitConfigDrive"
+        "use containerDisk, hostDisk, emptyDisk, persistentVolumeClaim, dataVolume, ephemeral, configMap, "
+        "secret, serviceAccount, downwardAPI, cloudInitNoCloud or cloudInitConfigDrive"
     )
+
+
+PULL_POLICIES: dict[str, registry.PullPolicy] = {
+    "Always": "Always",
+    "IfNotPresent": "IfNotPresent",
+    "Never": "Never",
+}
+
+
+async def _container_disk(
+    volume: Volume, where: str, storage: NodeStorage, read_secret: SecretReader
+) -> Path:
+    """The local file of a containerDisk: mirror, local file, or pulled into the node's image cache."""
+    disk = volume.container_disk
+    assert disk is not None
+    image, field = disk.image, f"{where}.containerDisk"
+    base = resolve_image(image, storage)
+    if base is not None:
+        return base
+    if storage.image_cache is None or Path(image.removeprefix("file://")).is_absolute():
+        raise ImageNotFound(
+            f"{field}.image: image {image!r} (volume {volume.name!r}) is not in node {storage.node}'s image "
+            "mirror and is not a file in its image directories; map it with `kubevisor up --image-mirror "
+            "IMAGE=FILE`, or put the image file under an --image-dir"
+        )
+    try:
+        reference = registry.Reference.parse(image)
+    except registry.InvalidReference as e:
+        raise PrepareError(f"{field}.image: volume {volume.name!r}: {e}") from e
+    credentials = None
+    if disk.image_pull_secret:
+        secret = disk.image_pull_secret
+        data = await read_secret(secret)
+        if data is None:
+            raise ImageNotFound(
+                f"{field}.imagePullSecret: Secret {secret!r} (volume {volume.name!r}) does not exist in the "
+                "VMI's namespace; create it"
+            )
+        try:
+            credentials = registry.credentials_from_docker_config(data, reference.registry)
+        except ValueError as e:
+            raise PrepareError(
+                f"{field}.imagePullSecret: Secret {secret!r} {e}; it must be a "
+                "kubernetes.io/dockerconfigjson Secret (kubectl create secret docker-registry)"
+            ) from e
+    policy = PULL_POLICIES.get(disk.image_pull_policy or "Always")
+    if policy is None:
+        raise PrepareError(
+            f"{field}.imagePullPolicy: {disk.image_pull_policy!r} is not Always, IfNotPresent or Never"
+        )
+    try:
+        pulled = await storage.image_cache.pull(image, credentials=credentials, policy=policy, path=disk.path)
+    except registry.RegistryUnreachable as e:
+        raise ImageNotFound(
+            f"{field}.image: volume {volume.name!r}: {e}; or serve the image from a local file with "
+            "`kubevisor up --image-mirror IMAGE=FILE`"
+        ) from e
+    except registry.ImageUnavailable as e:
+        raise ImageNotFound(f"{field}.image: volume {volume.name!r}: {e}") from e
+    except registry.RegistryError as e:
+        raise PrepareError(f"{field}.image: volume {volume.name!r}: {e}") from e
+    return pulled.path
 
 
 def _attr(camel: str) -> str:
@@ -359,3 +488,258 @@ def _firmware(spec: VirtualMachineInstanceSpec, run_dir: Path, revert: Reverter)
     revert.add(lambda: variables.unlink(missing_ok=True))
     shutil.copyfile(ovmf.vars_template, variables)
     return Firmware(uefi=True, secure_boot=secure_boot, code=ovmf.code, vars=variables)
+
+
+# --- volumes from the cluster: claims, ConfigMaps, Secrets, ServiceAccounts, the VMI's metadata ---------
+
+
+async def _cluster_volume(
+    volume: Volume,
+    where: str,
+    *,
+    namespace: str,
+    run_dir: Path,
+    storage: NodeStorage,
+    sources: Sources,
+    revert: Reverter,
+) -> PreparedVolume | None:
+    """The image of a volume whose data comes from API objects; None for the other kinds."""
+    if volume.persistent_volume_claim is not None:
+        pvc = volume.persistent_volume_claim
+        image = await _claim(
+            pvc.claim_name,
+            f"{where}.persistentVolumeClaim.claimName",
+            namespace=namespace,
+            storage=storage,
+            sources=sources,
+            revert=revert,
+        )
+        _exclusive(image, f"{where}.persistentVolumeClaim", sources)
+        return PreparedVolume(image.path, image.format, readonly=image.readonly or bool(pvc.read_only))
+    if volume.data_volume is not None:
+        image = await _claim(
+            volume.data_volume.name,
+            f"{where}.dataVolume.name",
+            namespace=namespace,
+            storage=storage,
+            sources=sources,
+            revert=revert,
+        )
+        _exclusive(image, f"{where}.dataVolume", sources)
+        return PreparedVolume(image.path, image.format, readonly=image.readonly)
+    if volume.ephemeral is not None:
+        source = volume.ephemeral.persistent_volume_claim
+        if source is None:
+            raise PrepareError(
+                f"{where}.ephemeral.persistentVolumeClaim: the base claim is missing; name one"
+            )
+        field_ = f"{where}.ephemeral.persistentVolumeClaim.claimName"
+        image = await _claim(
+            source.claim_name, field_, namespace=namespace, storage=storage, sources=sources, revert=revert
+        )
+        path = run_dir / f"ephemeral-{volume.name}.qcow2"
+        revert.add(lambda: path.unlink(missing_ok=True))
+        try:  # the base's format is the volume's, never probed
+            await qemuimg.overlay(path, image.path, backing_format=image.format)
+        except qemuimg.ImageError as e:
+            raise PrepareError(f"{where}.ephemeral: volume {volume.name!r}: {e}") from e
+        return PreparedVolume(path, "qcow2")
+    files: dict[str, str | bytes] | None
+    if volume.config_map is not None:
+        cm = volume.config_map
+        files = await _config_map(cm.name or "", f"{where}.configMap.name", bool(cm.optional), sources)
+        label = cm.volume_label
+    elif volume.secret is not None:
+        secret = volume.secret
+        files = await _secret(
+            secret.secret_name or "", f"{where}.secret.secretName", bool(secret.optional), sources
+        )
+        label = secret.volume_label
+    elif volume.service_account is not None:
+        account = volume.service_account.service_account_name or "default"
+        files = await _service_account(
+            account, f"{where}.serviceAccount.serviceAccountName", namespace, sources
+        )
+        label = None
+    elif volume.downward_api is not None:
+        files = _downward_api(
+            volume.downward_api.fields or [], f"{where}.downwardAPI.fields", sources.metadata
+        )
+        label = volume.downward_api.volume_label
+    else:
+        return None
+    label = label or CONFIG_LABEL
+    if len(label) > MAX_LABEL or not label.isascii() or not label.isprintable():
+        raise PrepareError(
+            f"{where}: volumeLabel {label!r} is not an ISO 9660 volume label: use at most {MAX_LABEL} "
+            "printable ASCII characters"
+        )
+    path = run_dir / f"config-{volume.name}.iso"
+    revert.add(lambda: path.unlink(missing_ok=True))
+    cloudinit.write_iso(path, label, files)
+    return PreparedVolume(path, "raw", readonly=True)
+
+
+async def _claim(
+    claim: str, field_: str, *, namespace: str, storage: NodeStorage, sources: Sources, revert: Reverter
+) -> claims.ClaimedImage:
+    try:
+        return await claims.resolve(
+            claim,
+            field_,
+            namespace=namespace,
+            node=storage.node,
+            volume_dirs=storage.volume_dirs,
+            read=sources.read,
+            revert=revert,
+        )
+    except claims.ClaimNotReady as e:
+        raise VolumeNotReady(e.reason, str(e)) from e
+    except claims.ClaimError as e:
+        raise PrepareError(str(e)) from e
+
+
+def _exclusive(image: claims.ClaimedImage, field_: str, sources: Sources) -> None:
+    """A ReadWriteOnce claim is attached by one running VMI of this node at a time."""
+    if image.shared or image.readonly:
+        return
+    users = sources.claim_users(image.claim)
+    if users:
+        modes, others = ", ".join(image.access_modes) or "ReadWriteOnce", ", ".join(users)
+        raise VolumeNotReady(
+            "FailedAttachVolume",
+            f"{field_}: PersistentVolumeClaim {image.claim!r} ({modes}) is attached by VMI {others} on this "
+            "node; it is attached here once that VMI stops (use a ReadWriteMany claim to share it)",
+        )
+
+
+async def _config_map(name: str, field_: str, optional: bool, sources: Sources) -> dict[str, str | bytes]:
+    cm = await sources.read("configmaps", name) if name else None
+    if cm is None:
+        if optional:
+            return {}
+        raise VolumeNotReady(
+            "FailedMount", f"{field_}: ConfigMap {name!r} does not exist in the VMI's namespace; create it"
+        )
+    files: dict[str, str | bytes] = dict(cm.get("data") or {})
+    for key, value in (cm.get("binaryData") or {}).items():
+        files[key] = base64.b64decode(value)
+    return files
+
+
+async def _secret(name: str, field_: str, optional: bool, sources: Sources) -> dict[str, str | bytes]:
+    secret = await sources.read("secrets", name) if name else None
+    if secret is None:
+        if optional:
+            return {}
+        raise VolumeNotReady(
+            "FailedMount", f"{field_}: Secret {name!r} does not exist in the VMI's namespace; create it"
+        )
+    files: dict[str, str | bytes] = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+    files.update(secret.get("stringData") or {})
+    return files
+
+
+async def _service_account(
+    name: str, field_: str, namespace: str, sources: Sources
+) -> dict[str, str | bytes]:
+    if await sources.read("serviceaccounts", name) is None:
+        raise VolumeNotReady(
+            "FailedMount",
+            f"{field_}: ServiceAccount {name!r} does not exist in the VMI's namespace; create it",
+        )
+    token = await sources.request_token(name)
+    if token is None:
+        raise VolumeNotReady("FailedMount", f"{field_}: no token could be issued for ServiceAccount {name!r}")
+    return {"namespace": namespace, "token": token}
+
+
+def _downward_api(
+    items: list[dict[str, Any]], field_: str, metadata: Mapping[str, Any]
+) -> dict[str, str | bytes]:
+    """The files of a downwardAPI volume: ``fieldRef`` of metadata, in the kubelet's format (labels and
+    annotations as sorted ``key="value"`` lines)."""
+    files: dict[str, str | bytes] = {}
+    for index, item in enumerate(items):
+        path = str(item.get("path") or "")
+        if not path or path.startswith("/") or ".." in path.split("/"):
+            raise PrepareError(f"{field_}[{index}].path: {path!r} must be a relative path without '..'")
+        ref = str((item.get("fieldRef") or {}).get("fieldPath") or "")
+        value = _metadata_field(ref, metadata)
+        if value is None:
+            raise PrepareError(
+                f"{field_}[{index}].fieldRef.fieldPath: {ref!r} is not supported; use metadata.name, "
+                "metadata.namespace, metadata.uid, metadata.labels, metadata.annotations or "
+                "metadata.labels['KEY'] / metadata.annotations['KEY']"
+            )
+        files[path] = value
+    return files
+
+
+def _metadata_field(ref: str, metadata: Mapping[str, Any]) -> str | None:
+    if ref in ("metadata.name", "metadata.namespace", "metadata.uid"):
+        return str(metadata.get(ref.removeprefix("metadata.")) or "")
+    for kind in ("labels", "annotations"):
+        values = metadata.get(kind) or {}
+        if ref == f"metadata.{kind}":
+            return "".join(f"{k}={json.dumps(str(v))}\n" for k, v in sorted(values.items()))
+        prefix = f"metadata.{kind}['"
+        if ref.startswith(prefix) and ref.endswith("']"):
+            return str(values.get(ref[len(prefix) : -2], ""))
+    return None
+
+
+# --- direct kernel boot ---------------------------------------------------------------------------------
+
+
+def resolve_image_root(image: str, storage: NodeStorage) -> Path | None:
+    """The local directory holding the files of ``image`` (a kernelBoot container): the mirror's entry
+    when it is a directory, or ``image`` itself when it is the absolute path of a directory under one of
+    ``storage.image_dirs``."""
+    for candidate in (image, image.removeprefix("docker://")):
+        if candidate in storage.image_mirror:
+            found = Path(storage.image_mirror[candidate])
+            return Path(os.path.realpath(found)) if found.is_dir() else None
+    path = Path(image.removeprefix("file://"))
+    if path.is_absolute() and path.is_dir() and within(path, storage.image_dirs):
+        return Path(os.path.realpath(path))
+    return None
+
+
+def _kernel_boot(spec: VirtualMachineInstanceSpec, storage: NodeStorage) -> KernelBoot | None:
+    firmware = spec.domain.firmware
+    kernel_boot = firmware.kernel_boot if firmware else None
+    if kernel_boot is None:
+        return None
+    where = "spec.domain.firmware.kernelBoot"
+    container = kernel_boot.container
+    if container is None or not (container.kernel_path or container.initrd_path):
+        raise PrepareError(f"{where}.container: name the image and its kernelPath (and initrdPath)")
+    root = resolve_image_root(container.image, storage)
+    if root is None:
+        raise ImageNotFound(
+            f"{where}.container.image: image {container.image!r} is not a directory in node {storage.node}'s "
+            "image mirror or image directories; pulling from a registry is not implemented yet: map it with "
+            "`kubevisor up --image-mirror IMAGE=DIR` (DIR holding the kernel and initrd)"
+        )
+
+    def member(path: str | None, what: str) -> Path | None:
+        if not path:
+            return None
+        found = root / path.lstrip("/")
+        if not found.is_file() or not within(found, (root,)):
+            raise PrepareError(
+                f"{where}.container.{what}: {path!r} is not a file in image {container.image!r} ({root})"
+            )
+        return Path(os.path.realpath(found))
+
+    kernel = member(container.kernel_path, "kernelPath")
+    if kernel is None:
+        raise PrepareError(
+            f"{where}.container.kernelPath: booting an initrd without a kernel is not possible"
+        )
+    return KernelBoot(
+        kernel=kernel,
+        initrd=member(container.initrd_path, "initrdPath"),
+        cmdline=kernel_boot.kernel_args or "",
+    )

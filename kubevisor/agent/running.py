@@ -18,14 +18,17 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Literal
 
+from kubevisor.agent import networking, serving
 from kubevisor.agent.node import NodeRegistration
 from kubevisor.agent.preparing import NodeStorage
 from kubevisor.agent.vmis import VmiController
 from kubevisor.api.registry import Registry
 from kubevisor.client.requesting import Client
+from kubevisor.storage import registry
 from kubevisor.virt import probe
 from kubevisor.virt.domain import Accel
 
@@ -43,11 +46,15 @@ class AgentConfig:
     node_name: str = field(default_factory=socket.gethostname)
     """The Node's name (default: the host name)."""
     image_mirror: Mapping[str, Path] = field(default_factory=dict)
-    """containerDisk image reference -> local image file, until images are pulled from registries."""
+    """containerDisk image reference -> local image file, used before any registry pull."""
     image_dirs: tuple[Path, ...] = ()
     """Directories (besides ``DATA/images``) whose files a containerDisk may name by absolute path."""
+    insecure_registries: tuple[str, ...] = ()
+    """Registries (``HOST`` or ``HOST:PORT``) pulled from over plain HTTP; loopback ones always are."""
     host_disk_dirs: tuple[Path, ...] = ()
     """Directories hostDisk volumes may use; none: hostDisk volumes are refused."""
+    volume_dirs: tuple[Path, ...] = ()
+    """Directories (besides ``DATA/volumes``) the images of PersistentVolumes may be in."""
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     """``auto``: KVM if the probe guest boots under it, else TCG."""
     probe_guest: probe.ProbeGuest | None = None
@@ -58,6 +65,30 @@ class AgentConfig:
     """Memory kept back from the Node's allocatable for the host and the agent."""
     lease_interval: float = 10.0
     """Seconds between renewals of the node's Lease."""
+    pod_network: bool = False
+    """Put VM interfaces with the bridge or masquerade binding on the node's pod network (bridge ``kv0``,
+    an address from ``pod_cidr``, DHCP, nftables NAT; :mod:`kubevisor.agent.networking`). Off: QEMU's
+    user-mode network per VM (outbound only, no VMI IP). ``kubevisor up`` turns it on as root when
+    ``ip`` and ``nft`` are installed."""
+    pod_cidr: IPv4Network = networking.DEFAULT_POD_CIDR
+    """This node's pod addresses; the first host address is the bridge's (the guests' gateway)."""
+    network_namespace: str | None = None
+    """The network namespace the node's pod network lives in (``ip netns`` name); ``None``: the agent's
+    own. QEMU runs inside it, so that it opens its tap there."""
+    listen: str = "127.0.0.1:0"
+    """HOST:PORT of the agent's server for the apiserver (console, VNC, port-forward, pause); port 0
+    picks a free one. The Node's status publishes the address and the port actually bound."""
+    address: str | None = None
+    """The address published as the Node's InternalIP (default: the listen host, or the host name's
+    address when listening on every address)."""
+    serving_cert: Path | None = None
+    """The server's certificate (signed by the cluster CA); with ``serving_key`` and ``client_ca``.
+    None: the agent runs no server, and the node's VMIs have no console, VNC, port-forward or pause."""
+    serving_key: Path | None = None
+    client_ca: Path | None = None
+    """The CA that signed the apiserver's client certificate (the cluster CA)."""
+    allowed_clients: tuple[str, ...] = (serving.APISERVER_CLIENT_NAME,)
+    """Common names of the client certificates the server accepts (the apiserver's)."""
 
 
 class Agent:
@@ -71,6 +102,9 @@ class Agent:
         self.accel: Accel = "tcg"
         self.node: NodeRegistration | None = None
         self.vmis: VmiController | None = None
+        self.server: serving.AgentServer | None = None
+        self.pod_network: networking.PodNetwork | None = None
+        """The node's pod network, when ``config.pod_network`` is on."""
 
     async def detect_accel(self) -> Accel:
         """KVM or TCG for this node's guests (see the module docstring)."""
@@ -92,14 +126,10 @@ class Agent:
         (cfg.data_dir / "vms").mkdir(parents=True, exist_ok=True)
         os.chmod(cfg.data_dir / "vms", 0o700)
         self.accel = await self.detect_accel()
-        self.node = NodeRegistration(
-            self.client,
-            cfg.node_name,
-            accel=self.accel,
-            memory_reserve_mib=cfg.memory_reserve_mib,
-            lease_interval=cfg.lease_interval,
-        )
-        await self.node.start()
+        if cfg.pod_network:
+            self.pod_network = await networking.PodNetwork.start(
+                cfg.data_dir, cfg.pod_cidr, netns=cfg.network_namespace
+            )
         self.vmis = VmiController(
             self.client,
             node=cfg.node_name,
@@ -109,20 +139,69 @@ class Agent:
                 node=cfg.node_name,
                 image_mirror=cfg.image_mirror,
                 image_dirs=(cfg.data_dir / "images", *cfg.image_dirs),
+                image_cache=registry.ImageCache(
+                    cfg.data_dir / "images" / "cache", insecure_registries=cfg.insecure_registries
+                ),
                 host_disk_dirs=cfg.host_disk_dirs,
+                volume_dirs=(cfg.data_dir / "volumes", *cfg.volume_dirs),
             ),
+            pod_network=self.pod_network,
         )
+        endpoint = None
+        if cfg.serving_cert is not None and cfg.serving_key is not None and cfg.client_ca is not None:
+            host, port = _parse_listen(cfg.listen)
+            self.server = serving.AgentServer(
+                self.vmis,
+                self.client.resource("kubevirt.io/v1", "virtualmachineinstances"),
+                host=host,
+                port=port,
+                context=serving.server_ssl_context(cfg.serving_cert, cfg.serving_key, cfg.client_ca),
+                allowed_clients=cfg.allowed_clients,
+                guest_os_info=self.vmis.guest_os_info,
+                netns=cfg.network_namespace,
+            )
+            await self.server.start()
+            endpoint = (cfg.address or _published_address(host), self.server.port)
+        self.node = NodeRegistration(
+            self.client,
+            cfg.node_name,
+            accel=self.accel,
+            memory_reserve_mib=cfg.memory_reserve_mib,
+            lease_interval=cfg.lease_interval,
+            endpoint=endpoint,
+        )
+        await self.node.start()
         await self.vmis.start()
         log.info("node agent %s running (%s)", cfg.node_name, self.accel)
 
     async def stop(self) -> None:
         """Stop watching and heartbeating; running guests keep running."""
+        if self.server is not None:
+            await self.server.stop()
         if self.vmis is not None:
             await self.vmis.stop()
         if self.node is not None:
             await self.node.stop()
+        if self.pod_network is not None:
+            await self.pod_network.close()  # the bridge, nftables and the guests' taps stay
         if self.owns_client:
             await self.client.aclose()
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"agent listen address {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:10250")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _published_address(host: str) -> str:
+    if host not in ("0.0.0.0", "::"):
+        return host
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 async def start_agent(kubeconfig: str | os.PathLike[str], registry: Registry, config: AgentConfig) -> Agent:

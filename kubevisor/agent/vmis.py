@@ -33,12 +33,28 @@ Invariants:
 - A failed start undoes itself (reverter): no QEMU, no half-made run directory.
 - QEMU's exit is noticed through a pidfd (no polling), which enqueues the key.
 
-Owner of, in the VMI's status (from Scheduled on): ``phase``, the ``Ready`` and ``LiveMigratable``
-conditions, ``interfaces``, ``machine``, and the Running/Succeeded/Failed ``phaseTransitionTimestamps``.
+Owner of, in the VMI's status (from Scheduled on): ``phase``, the ``Ready``, ``LiveMigratable`` and
+``Paused`` conditions, ``interfaces``, ``machine``, and the Running/Succeeded/Failed
+``phaseTransitionTimestamps``.
 
-Not yet: pause/unpause (the subresource does not exist; ``startStrategy: Paused`` starts the VM running),
-the pod network (interfaces use QEMU's user-mode network, see :mod:`kubevisor.agent.converting`), memory
-cgroups per QEMU, guest agent, live migration.
+Network: with the node's pod network on (:mod:`kubevisor.agent.networking`), the VMI's pod interface is
+attached (IP, tap, DHCP lease, masquerade entries) before QEMU starts, undone with the rest on failure,
+detached when QEMU is gone for good (finished, deleted, gone), and re-registered with the in-process DHCP
+server when a running guest is adopted; QEMU then runs in the node's network namespace. Without it,
+interfaces use QEMU's user-mode network (:mod:`kubevisor.agent.converting`).
+
+Pause: the agent's server (:mod:`kubevisor.agent.serving`) runs QMP ``stop``/``cont`` and enqueues the
+key; a Running VMI's reconcile then makes the ``Paused`` condition (reason ``PausedByUser``) follow QEMU's
+run state. A paused guest is resumed before its ACPI power button is pressed.
+
+Memory: each QEMU runs in its own memory cgroup (``.../kubevisor/<namespace>_<name>``, see
+:mod:`kubevisor.virt.cgroups`), limited to guest memory plus QEMU's overhead (or
+``resources.limits.memory`` plus that overhead, as KubeVirt adds it to the pod's limit), entered before
+QEMU runs; its path is recorded in the run directory (``cgroup``) so an adopted QEMU's is found again, and
+it is removed when QEMU is gone for good (finished, deleted, gone). Without writable cgroups QEMU runs
+unlimited (logged once).
+
+Not yet: ``startStrategy: Paused`` (starts the VM running), guest agent, live migration.
 """
 
 from __future__ import annotations
@@ -57,8 +73,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubevisor.agent import converting, preparing
+from kubevisor.agent import converting, guestagents, networking, preparing
 from kubevisor.api.kubevirt import VirtualMachineInstanceSpec
+from kubevisor.api.kubevirt_admission import NODE_AGENT_FINALIZER, parse_quantity
 from kubevisor.api.registry import Obj
 from kubevisor.client import errors, timestamps
 from kubevisor.client.events import EventRecorder
@@ -66,7 +83,8 @@ from kubevisor.client.informers import Informer, split_key
 from kubevisor.client.requesting import Client, ResourceClient
 from kubevisor.controllers.reconciling import Controller, Result, TemporaryError
 from kubevisor.network import bindings
-from kubevisor.virt import process, qemucmd
+from kubevisor.network.errors import NetworkError
+from kubevisor.virt import cgroups, guestagent, process, qemucmd
 from kubevisor.virt.domain import Accel, Domain, RunPaths
 from kubevisor.virt.qmp import EventListener, QmpError, Session
 
@@ -75,12 +93,16 @@ __all__ = ["DEFAULT_GRACE_PERIOD", "FINALIZER", "Guest", "VmiController"]
 log = logging.getLogger(__name__)
 
 GROUP_VERSION = "kubevirt.io/v1"
-FINALIZER = "kubevisor.io/node-agent"
-"""Put on a VMI before the agent starts it; removed once its guest is down and its run directory gone."""
+FINALIZER = NODE_AGENT_FINALIZER
+"""On every VMI from its creation (the apiserver's VMI defaulting puts it there, so it costs no API write);
+the agent adds it only to a VMI that lacks it (created before that default existed) before it starts it, and
+removes it once its guest is down and its run directory gone."""
 DEFAULT_GRACE_PERIOD = 30
 """Seconds between the ACPI power button and SIGKILL when the VMI does not say (KubeVirt's VMI default)."""
 FINISHED = ("Succeeded", "Failed")
 RECORD = "vmi.json"
+CGROUP_RECORD = "cgroup"
+"""In the run directory: the path of QEMU's memory cgroup."""
 """In the run directory: which VMI (uid) the QEMU there belongs to."""
 QMP_CONNECT_TIMEOUT = 30.0
 ADOPT_CONNECT_TIMEOUT = 5.0
@@ -88,7 +110,11 @@ HANGUP_TIMEOUT = 2.0
 KILL_WAIT = 10.0
 LOG_TAIL = 2000
 IMAGE_RETRY = 10.0
+VOLUME_RETRY = 5.0
+"""Seconds between attempts to prepare a volume whose claim, ConfigMap or Secret is not there yet."""
 """Seconds between attempts to find a containerDisk image that is not on the node."""
+NETWORK_RETRY = 5.0
+"""Seconds between attempts to start a VMI whose pod network attachment failed."""
 
 
 class StartError(Exception):
@@ -123,6 +149,12 @@ class Guest:
     """What to close when the agent lets go of it (the event listener)."""
     pidfd: int | None = None
     """The pidfd watched for QEMU's exit."""
+    attachments: dict[str, bindings.Attachment] = field(default_factory=dict)
+    """Its interfaces on the pod network, by interface name."""
+    network_pending: bool = False
+    """Adopted, and its pod network attachment (DHCP lease) is not restored yet."""
+    channel: guestagents.AgentChannel | None = None
+    """Follows the guest's qemu-ga (None without a QMP session)."""
 
     def alive(self) -> bool:
         return process.is_running(self.pid)
@@ -195,6 +227,7 @@ class VmiController(Controller):
         data_dir: Path,
         accel: Accel,
         storage: preparing.NodeStorage | None = None,
+        pod_network: networking.PodNetwork | None = None,
         concurrency: int | None = None,
     ) -> None:
         super().__init__(client, concurrency=concurrency)
@@ -202,12 +235,16 @@ class VmiController(Controller):
         self.vms_dir = Path(data_dir) / "vms"
         self.accel: Accel = accel
         self.storage = storage or preparing.NodeStorage(node)
+        self.pod_network = pod_network
+        """The node's pod network; ``None``: interfaces use QEMU's user-mode network."""
         self.vmis: ResourceClient = client.resource(GROUP_VERSION, "virtualmachineinstances")
         self.secrets: ResourceClient = client.resource("v1", "secrets")
         self.recorder = EventRecorder(client, "kubevisor-agent", host=node)
         self.guests: dict[str, Guest] = {}
         """What runs, by VMI key (adopted or started by this agent)."""
         self._informer: Informer | None = None
+        self.cgroups = cgroups.detect()
+        """Where QEMU's memory cgroups go; ``None`` when cgroups cannot be written here."""
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -218,6 +255,8 @@ class VmiController(Controller):
         """Adopt what runs, then start informers and workers; then look at every run directory."""
         self.guests = {}
         keys = await self._adopt_all()
+        if self.pod_network is not None:  # addresses of VMIs that left no run directory behind
+            await self.pod_network.release_unknown(keys)
         await super().start()
         for key in keys:  # run directories whose VMI may be gone: no event would bring them up
             self.queue.add(key)
@@ -231,6 +270,32 @@ class VmiController(Controller):
 
     def run_dir(self, namespace: str, name: str) -> Path:
         return self.vms_dir / namespace / name
+
+    def guest_address(self, key: str) -> tuple[str | None, str] | None:
+        """(network namespace, address) where this node reaches every port of the guest of VMI ``key`` on
+        the pod network (for masquerade its private address: the VMI's IP passes only the listed ports);
+        ``None`` when it is not on the pod network here. For port-forward."""
+        guest = self.guests.get(key)
+        if guest is None or self.pod_network is None or not guest.attachments:
+            return None
+        attachment = next(iter(guest.attachments.values()))
+        return self.pod_network.network.netns, str(attachment.guest_ip)
+
+    async def guest_os_info(self, key: str) -> Obj | None:
+        """KubeVirt's guestosinfo of VMI ``key`` read from its qemu-ga now; None when none is connected."""
+        guest = self.guests.get(key)
+        channel = guest.channel if guest is not None else None
+        if channel is None or not channel.connected:
+            return None
+        try:
+            return await channel.guest_os_info()
+        except guestagent.GuestAgentError as e:
+            log.info("VMI %s: guestosinfo: %s", key, e)
+            return None
+
+    def enqueue(self, key: str) -> None:
+        """Have ``key`` reconciled (the agent's server after a pause or unpause)."""
+        self.queue.add(key)
 
     # --- actual state: run directories, QEMU processes --------------------------------------------
 
@@ -246,12 +311,16 @@ class VmiController(Controller):
         ]
 
     @staticmethod
-    def _record_uid(run_dir: Path) -> str | None:
+    def _record(run_dir: Path) -> dict[str, Any]:
         try:
             data = json.loads((run_dir / RECORD).read_text())
         except (OSError, ValueError):
-            return None
-        uid = data.get("uid") if isinstance(data, dict) else None
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @classmethod
+    def _record_uid(cls, run_dir: Path) -> str | None:
+        uid = cls._record(run_dir).get("uid")
         return uid if isinstance(uid, str) else None
 
     @staticmethod
@@ -270,6 +339,10 @@ class VmiController(Controller):
             guest = Guest(key=key, uid=uid, pid=pid, run=run, adopted=True)
             await self._connect(guest, ADOPT_CONNECT_TIMEOUT)
             self._track(guest)
+            try:
+                await self._restore_network(guest)
+            except NetworkError as e:  # retried when its key is reconciled
+                log.warning("VMI %s: pod network of adopted QEMU pid %d not restored: %s", key, pid, e)
             log.info("node %s: adopted QEMU pid %d of VMI %s", self.node, pid, key)
         return keys
 
@@ -283,6 +356,14 @@ class VmiController(Controller):
             return
         guest.qmp = qmp
         guest.shutdowns = guest.stack.enter_context(qmp.listen("SHUTDOWN"))
+        self._follow_guest_agent(guest)
+
+    def _follow_guest_agent(self, guest: Guest) -> None:
+        """Start following ``guest``'s qemu-ga; its changes enqueue the VMI's key."""
+        assert guest.qmp is not None
+        key = guest.key
+        guest.channel = guestagents.AgentChannel(key, guest.qmp, guest.run.qga, lambda: self.queue.add(key))
+        guest.channel.start()
 
     def _track(self, guest: Guest) -> None:
         """Remember ``guest`` and have its exit enqueue its key."""
@@ -308,6 +389,9 @@ class VmiController(Controller):
     async def _let_go(self, guest: Guest) -> None:
         """Stop watching ``guest`` and close its QMP session; QEMU is not touched."""
         self._unwatch(guest)
+        if guest.channel is not None:
+            await guest.channel.stop()
+            guest.channel = None
         guest.stack.close()
         if guest.qmp is not None:
             await guest.qmp.close()
@@ -321,9 +405,68 @@ class VmiController(Controller):
         if not await process.wait_exit(guest.pid, KILL_WAIT):
             raise TemporaryError(f"QEMU pid {guest.pid} of VMI {guest.key} survived SIGKILL", delay=1.0)
 
+    async def _restore_network(self, guest: Guest) -> None:
+        """Attach an adopted guest's pod interfaces again, as its run directory's record says (the same
+        address, tap and MAC; the DHCP server is this process's, so its leases must be registered)."""
+        guest.network_pending = True
+        record = self._record(guest.run.directory).get("interfaces") or []
+        if self.pod_network is None or not record:
+            guest.network_pending = False
+            return
+        try:
+            interfaces = [networking.PodInterface.from_record(r) for r in record]
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning(
+                "VMI %s: run directory record has unreadable interfaces (%s); not restored", guest.key, e
+            )
+            guest.network_pending = False
+            return
+        hostname = self._record(guest.run.directory).get("hostname")
+        guest.attachments = await self.pod_network.attach(
+            guest.key, guest.uid, interfaces, hostname=hostname if isinstance(hostname, str) else None
+        )
+        guest.network_pending = False
+
+    async def _release_network(self, key: str, uid: str | None) -> None:
+        """Detach the pod interface of the VMI ``key`` with ``uid`` (idempotent; no pod network: nothing)."""
+        if self.pod_network is None:
+            return
+        try:
+            await self.pod_network.detach(key, uid or "")
+        except NetworkError as e:
+            raise TemporaryError(f"VMI {key}: pod network not released yet: {e}", delay=2.0) from e
+
+    def _memory_cgroup(self, vmi: Obj, domain: Domain, key: str) -> Path | None:
+        """QEMU's memory cgroup, made with its limit; ``None`` when cgroups are not usable here."""
+        if self.cgroups is None:
+            return None
+        guest = domain.memory_mib * cgroups.MiB
+        tcg = qemucmd.TCG_TB_SIZE_MIB * cgroups.MiB if domain.accel == "tcg" else 0
+        vcpus = domain.cpu.sockets * domain.cpu.cores * domain.cpu.threads
+        overhead = cgroups.overhead_bytes(
+            vcpus=vcpus, graphics=domain.graphics, guest_bytes=guest, tcg_cache_bytes=tcg
+        )
+        resources = ((vmi.get("spec") or {}).get("domain") or {}).get("resources") or {}
+        limit = parse_quantity((resources.get("limits") or {}).get("memory"))
+        try:
+            return self.cgroups.create(key.replace("/", "_"), int(limit or guest) + overhead)
+        except OSError as e:
+            log.warning("VMI %s: no memory cgroup (%s); QEMU runs without a memory limit", key, e)
+            return None
+
+    def _remove_cgroup(self, directory: Path) -> None:
+        """Remove the memory cgroup recorded in the run directory ``directory`` (QEMU is gone)."""
+        try:
+            path = Path((directory / CGROUP_RECORD).read_text().strip())
+        except OSError:
+            return
+        if path.is_absolute() and path.name:
+            cgroups.remove(path)
+
     def _remove_run_dir(self, key: str) -> None:
         namespace, name = split_key(key)
         directory = self.run_dir(namespace or "", name)
+        self._remove_cgroup(directory)
         shutil.rmtree(directory, ignore_errors=True)
         with contextlib.suppress(OSError):
             directory.parent.rmdir()  # the namespace's directory, when it was the last VM
@@ -347,6 +490,7 @@ class VmiController(Controller):
             )
             await self._kill(guest)
             await self._let_go(guest)
+            await self._release_network(key, guest.uid)
             self._remove_run_dir(key)
             guest = None
         if vmi["metadata"].get("deletionTimestamp"):
@@ -357,10 +501,17 @@ class VmiController(Controller):
                 if guest.alive():
                     await self._kill(guest)
                 await self._let_go(guest)
+                await self._release_network(key, guest.uid)
+                self._remove_cgroup(guest.run.directory)
             return None
         if phase == "Running":
             if guest is None or not guest.alive():
                 await self._finished(vmi, guest)
+            else:
+                if guest.network_pending:
+                    await self._restore_network(guest)  # a NetworkError requeues with backoff
+                await self._sync_paused(vmi, guest)
+                await self._sync_guest_agent(vmi, guest)
             return None
         if phase != "Scheduled":
             return None
@@ -377,6 +528,9 @@ class VmiController(Controller):
                 log.warning("VMI %s is gone; killing its QEMU pid %d", key, guest.pid)
                 await self._kill(guest)
             await self._let_go(guest)
+        namespace, name = split_key(key)
+        uid = guest.uid if guest is not None else self._record_uid(self.run_dir(namespace or "", name))
+        await self._release_network(key, uid)
         self._remove_run_dir(key)
 
     async def _run(self, key: str, vmi: Obj, guest: Guest | None) -> None:
@@ -390,10 +544,18 @@ class VmiController(Controller):
                 guest, domain = await self._start(vmi, spec, namespace or "", name)
             else:
                 domain = None
+                if guest.network_pending:  # adopted, and its network could not be restored then
+                    await self._restore_network(guest)
                 await self._resume_if_launching(guest)
         except preparing.ImageNotFound as e:
             await self.recorder.warning(vmi, "ErrImagePull", str(e))
             raise TemporaryError(str(e), delay=IMAGE_RETRY) from e
+        except preparing.VolumeNotReady as e:  # the start was undone; the VMI waits, as a pod does
+            await self.recorder.warning(vmi, e.reason, str(e))
+            raise TemporaryError(str(e), delay=VOLUME_RETRY) from e
+        except NetworkError as e:  # the start was undone; the host may recover (addresses freed, ...)
+            await self.recorder.warning(vmi, "FailedNetwork", f"VirtualMachineInstance {key}: {e}")
+            raise TemporaryError(str(e), delay=NETWORK_RETRY) from e
         except (preparing.PrepareError, converting.ConversionError, qemucmd.DomainError, StartError) as e:
             await self.recorder.warning(vmi, "FailedCreate", f"VirtualMachineInstance {key}: {e}")
             await self._write_finished(vmi, "Failed", "FailedCreate", str(e))
@@ -410,6 +572,7 @@ class VmiController(Controller):
         )
 
     async def _ensure_finalizer(self, vmi: Obj) -> Obj:
+        """A fallback that is a no-op for VMIs created by this apiserver (the finalizer is defaulted)."""
         finalizers = list(vmi["metadata"].get("finalizers") or [])
         if FINALIZER in finalizers:
             return vmi
@@ -438,6 +601,45 @@ class VmiController(Controller):
         data.update(secret.get("stringData") or {})
         return data
 
+    def _sources(self, vmi: Obj, namespace: str) -> preparing.Sources:
+        """What preparing ``vmi``'s volumes reads from the cluster."""
+
+        async def read(resource: str, name: str) -> Obj | None:
+            namespaced = resource != "persistentvolumes"
+            try:
+                found: Obj = await self.client.resource("v1", resource).get(
+                    name, namespace if namespaced else None
+                )
+            except errors.NotFoundError:
+                return None
+            return found
+
+        async def request_token(account: str) -> str | None:
+            path = f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token"
+            body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+            try:
+                answer = await self.client.request("POST", path, body=body)
+            except errors.NotFoundError:
+                return None
+            token = (answer.get("status") or {}).get("token") if isinstance(answer, dict) else None
+            return str(token) if token else None
+
+        def claim_users(claim: str) -> list[str]:
+            assert self._informer is not None
+            me = f"{namespace}/{vmi['metadata']['name']}"
+            return sorted(
+                key
+                for key, guest in self.guests.items()
+                if key != me
+                and key.startswith(f"{namespace}/")
+                and guest.alive()
+                and claim in _writable_claims(self._informer.get(key))
+            )
+
+        return preparing.Sources(
+            read=read, request_token=request_token, claim_users=claim_users, metadata=vmi["metadata"]
+        )
+
     async def _start(
         self, vmi: Obj, spec: VirtualMachineInstanceSpec, namespace: str, name: str
     ) -> tuple[Guest, Domain | None]:
@@ -451,15 +653,21 @@ class VmiController(Controller):
             guest = Guest(key=key, uid=uid, pid=pid, run=run, adopted=True)
             await self._connect(guest, ADOPT_CONNECT_TIMEOUT)
             self._track(guest)
+            await self._restore_network(guest)
             await self._resume_if_launching(guest)
             return guest, None
-        shutil.rmtree(directory, ignore_errors=True)  # leftovers of an earlier VMI of this name
+        if directory.exists():  # leftovers of an earlier start, or of an earlier VMI of this name
+            await self._release_network(key, self._record_uid(directory))
+        shutil.rmtree(directory, ignore_errors=True)
+        pod_interfaces = networking.pod_interfaces(spec, uid) if self.pod_network is not None else []
+        hostname = converting.hostname(name, spec)
         async with process.Reverter() as revert:
             directory.mkdir(parents=True)
             revert.add(lambda: shutil.rmtree(directory, ignore_errors=True))
-            (directory / RECORD).write_text(
-                json.dumps({"namespace": namespace, "name": name, "uid": uid}) + "\n"
-            )
+            record: dict[str, Any] = {"namespace": namespace, "name": name, "uid": uid}
+            if pod_interfaces:  # before anything is attached: what to restore on adoption, or release
+                record |= {"hostname": hostname, "interfaces": [i.record() for i in pod_interfaces]}
+            (directory / RECORD).write_text(json.dumps(record) + "\n")
             prepared = await preparing.prepare(
                 spec,
                 namespace=namespace,
@@ -469,7 +677,15 @@ class VmiController(Controller):
                 storage=self.storage,
                 read_secret=lambda secret: self._read_secret(namespace, secret),
                 revert=revert,
+                sources=self._sources(vmi, namespace),
             )
+            attachments: dict[str, bindings.Attachment] = {}
+            prefix: list[str] = []
+            if self.pod_network is not None and pod_interfaces:
+                pod_network = self.pod_network
+                attachments = await pod_network.attach(key, uid, pod_interfaces, hostname=hostname)
+                revert.add(lambda: pod_network.detach(key, uid))
+                prefix = pod_network.exec_prefix()  # QEMU opens its tap in the node's namespace
             domain = converting.domain(
                 spec,
                 namespace=namespace,
@@ -479,14 +695,20 @@ class VmiController(Controller):
                 volumes=prepared.volumes,
                 accel=self.accel,
                 firmware=prepared.firmware,
+                attachments=attachments,
+                kernel_boot=prepared.kernel_boot,
             )
-            argv = qemucmd.command(domain)
+            argv = prefix + qemucmd.command(domain)
+            cgroup = self._memory_cgroup(vmi, domain, key)
+            if cgroup is not None:
+                (directory / CGROUP_RECORD).write_text(f"{cgroup}\n")
+                revert.add(lambda: self._remove_cgroup(directory))  # after the kill below (newest first)
             try:
-                pid = process.spawn(argv, log_path=run.qemu_log)
+                pid = process.spawn(argv, log_path=run.qemu_log, cgroup=cgroup)
             except FileNotFoundError as e:
                 raise StartError(str(e)) from e
             revert.add(lambda: process.kill(pid))
-            guest = Guest(key=key, uid=uid, pid=pid, run=run)
+            guest = Guest(key=key, uid=uid, pid=pid, run=run, attachments=attachments)
             qmp = Session(run.qmp, name=f"kubevisor-agent-{key}")
             try:
                 await qmp.connect(timeout=QMP_CONNECT_TIMEOUT, alive=guest.alive)
@@ -504,6 +726,7 @@ class VmiController(Controller):
             except QmpError as e:
                 raise StartError(f"{e}; QEMU said: {_tail(run.qemu_log)}") from e
             revert.success()
+        self._follow_guest_agent(guest)
         self._track(guest)
         return guest, domain
 
@@ -539,20 +762,63 @@ class VmiController(Controller):
         status["phaseTransitionTimestamps"] = _transition(status, "Running")
         spec = vmi.get("spec") or {}
         if domain is not None:
-            status["interfaces"] = [
-                {"name": nic.name, "mac": nic.mac, "infoSource": "domain"} for nic in domain.nics
-            ]
+            nics = [(nic.name, nic.mac) for nic in domain.nics]
+            status["interfaces"] = networking.status_interfaces(nics, guest.attachments)
             status["machine"] = {"type": domain.machine}
         elif "interfaces" not in status:  # adopted: the MACs as the conversion chose them
-            status["interfaces"] = [
-                {
-                    "name": i.get("name"),
-                    "mac": i.get("macAddress") or _default_mac(vmi),
-                    "infoSource": "domain",
-                }
+            nics = [
+                (i.get("name"), i.get("macAddress") or _default_mac(vmi))
                 for i in ((spec.get("domain") or {}).get("devices") or {}).get("interfaces") or []
             ]
+            status["interfaces"] = networking.status_interfaces(nics, guest.attachments)
         await self._write_status(vmi, status)
+
+    async def _sync_paused(self, vmi: Obj, guest: Guest) -> None:
+        """The ``Paused`` condition as QEMU's run state says (``paused``: paused by the user through the
+        pause subresource; the agent pauses a guest for nothing else)."""
+        if guest.qmp is None:
+            return
+        try:
+            paused = await guest.qmp.status() == "paused"
+        except QmpError:
+            return
+        status = vmi.get("status") or {}
+        current = next((c for c in status.get("conditions") or [] if c.get("type") == "Paused"), None)
+        if paused == (current is not None and current.get("status") == "True"):
+            return
+        new = copy.deepcopy(status)
+        others = [c for c in new.get("conditions") or [] if c.get("type") != "Paused"]
+        if paused:
+            others.append(_condition("Paused", "True", "PausedByUser", "VMI was paused by user"))
+        new["conditions"] = others
+        await self._write_status(vmi, new)
+        what = "paused" if paused else "unpaused"
+        await self.recorder.normal(vmi, what.capitalize(), f"VirtualMachineInstance {what}")
+
+    async def _sync_guest_agent(self, vmi: Obj, guest: Guest) -> None:
+        """The ``AgentConnected`` condition and ``guestOSInfo`` as the guest's qemu-ga says (KubeVirt drops
+        the condition, rather than setting it False, when the agent goes away)."""
+        channel = guest.channel
+        connected = channel is not None and channel.connected
+        info = guestagents.os_info_status(channel.os_info if channel is not None and connected else None)
+        status = vmi.get("status") or {}
+        current = next((c for c in status.get("conditions") or [] if c.get("type") == "AgentConnected"), None)
+        if connected == (current is not None) and (status.get("guestOSInfo") or {}) == info:
+            return
+        new = copy.deepcopy(status)
+        conditions = [c for c in new.get("conditions") or [] if c.get("type") != "AgentConnected"]
+        if connected:
+            conditions.append(_condition("AgentConnected", "True"))
+        new["conditions"] = conditions
+        new["guestOSInfo"] = info
+        await self._write_status(vmi, new)
+        if connected != (current is not None):
+            await self.recorder.normal(
+                vmi,
+                "AgentConnected" if connected else "AgentDisconnected",
+                f"The guest agent {'connected' if connected else 'disconnected'}"
+                + (f" ({info.get('prettyName')})" if connected and info.get("prettyName") else ""),
+            )
 
     async def _write_finished(self, vmi: Obj, phase: str, reason: str, message: str) -> None:
         status = copy.deepcopy(vmi.get("status") or {})
@@ -579,12 +845,15 @@ class VmiController(Controller):
             description = _exit_description(guest.pid)
             powered_off = await self._guest_powered_off(guest)
             await self._let_go(guest)
+        self._remove_cgroup(self.run_dir(vmi["metadata"]["namespace"], vmi["metadata"]["name"]))
         if powered_off:
             await self._write_finished(vmi, "Succeeded", "GuestShutdown", "the guest powered off")
             await self.recorder.normal(vmi, "Stopped", f"The guest powered off; {description}")
         else:
             await self._write_finished(vmi, "Failed", "GuestCrashed", description)
             await self.recorder.warning(vmi, "Crashed", f"VirtualMachineInstance crashed: {description}")
+        meta = vmi["metadata"]  # after the status write: a failure here must not lose how QEMU ended
+        await self._release_network(f"{meta['namespace']}/{meta['name']}", str(meta.get("uid") or ""))
 
     # --- deletion ----------------------------------------------------------------------------------
 
@@ -602,6 +871,8 @@ class VmiController(Controller):
                     why = "its QMP socket could not be reached for a graceful shutdown"
                 elif guest.grace > 0 and qmp is not None:
                     try:
+                        if await qmp.status() == "paused":  # a paused guest cannot see the button
+                            await qmp.cont()
                         await qmp.system_powerdown()
                     except QmpError as e:
                         why = f"the ACPI power button failed: {e}"
@@ -632,9 +903,22 @@ class VmiController(Controller):
                     vmi, "Stopped", f"{what} {seconds:.1f} s after the ACPI power button"
                 )
             await self._let_go(guest)
+        await self._release_network(key, str(vmi["metadata"].get("uid") or ""))
         self._remove_run_dir(key)
         await self._remove_finalizer(vmi)
         return None
+
+
+def _writable_claims(vmi: Obj | None) -> set[str]:
+    """The claims a VMI attaches writable (persistentVolumeClaim, dataVolume)."""
+    found: set[str] = set()
+    for volume in ((vmi or {}).get("spec") or {}).get("volumes") or []:
+        pvc = volume.get("persistentVolumeClaim") or {}
+        if pvc.get("claimName") and not pvc.get("readOnly"):
+            found.add(str(pvc["claimName"]))
+        if (volume.get("dataVolume") or {}).get("name"):
+            found.add(str(volume["dataVolume"]["name"]))
+    return found
 
 
 def _default_mac(vmi: Obj) -> str:

@@ -1,4 +1,5 @@
-"""Core (v1) kinds: Namespace, Node, Event, ConfigMap, Secret, ServiceAccount.
+"""Core (v1) kinds: Namespace, Node, Event, ConfigMap, Secret, ServiceAccount, PersistentVolume,
+PersistentVolumeClaim.
 
 JSON names follow Kubernetes' ``k8s.io/api/core/v1``. Patch-strategy markers are those of upstream so
 that kubectl's strategic merge patches mean the same thing here.
@@ -419,3 +420,113 @@ class PersistentVolumeClaimSpec(KubeModel):
     """Like dataSource, possibly in another namespace."""
     volume_attributes_class_name: str | None = None
     """VolumeAttributesClass of the claim."""
+
+
+# --- PersistentVolume, PersistentVolumeClaim ------------------------------------------------------
+
+
+class HostPathVolumeSource(KubeModel):
+    """A file or directory on the node (the node agent allows only its volume directories)."""
+
+    path: str
+    """Path on the node: a disk image file, or a directory holding ``disk.img``."""
+    type: str | None = None
+    """What must be at ``path``: "", DirectoryOrCreate, Directory, FileOrCreate, File, ..."""
+
+
+class LocalVolumeSource(KubeModel):
+    """A local disk or directory of one node."""
+
+    path: str
+    """Full path on the node: a disk image file, or a directory holding ``disk.img``."""
+    fs_type: str | None = None
+    """File system type, for block devices."""
+
+
+class PersistentVolumeSpec(KubeModel):
+    """A piece of storage, and the claim it is bound to."""
+
+    capacity: dict[str, Quantity] | None = None
+    """Size, e.g. {"storage": "10Gi"}."""
+    access_modes: list[str] | None = None
+    """ReadWriteOnce, ReadOnlyMany, ReadWriteMany or ReadWriteOncePod."""
+    claim_ref: ObjectReference | None = None
+    """The claim bound to this volume (set by the binder, or by the user to pre-bind)."""
+    persistent_volume_reclaim_policy: str | None = None
+    """Retain (default for manually created volumes), Delete or Recycle."""
+    storage_class_name: str | None = None
+    """Storage class the volume belongs to; empty: none."""
+    volume_mode: str | None = None
+    """Filesystem (default) or Block."""
+    mount_options: list[str] | None = None
+    """Mount options."""
+    node_affinity: dict[str, Any] | None = None
+    """Nodes the volume can be reached from."""
+    host_path: HostPathVolumeSource | None = None
+    """A path on the node."""
+    local: LocalVolumeSource | None = None
+    """A local disk or directory."""
+    nfs: dict[str, Any] | None = None
+    """An NFS export (not attached by this node agent yet)."""
+    csi: dict[str, Any] | None = None
+    """A CSI volume (not attached by this node agent yet)."""
+    volume_attributes_class_name: str | None = None
+    """VolumeAttributesClass of the volume."""
+
+
+class PersistentVolumeStatus(KubeModel):
+    """Where a volume is in its life."""
+
+    phase: str | None = None
+    """Pending, Available, Bound, Released or Failed."""
+    message: str | None = None
+    """Why the volume is in this phase."""
+    reason: str | None = None
+    """Brief CamelCase reason for a failure."""
+    last_phase_transition_time: str | None = None
+    """When the phase last changed."""
+
+
+class PersistentVolume(KubeModel):
+    """Storage provisioned by an administrator or a storage class (cluster-scoped)."""
+
+    api_version: str | None = "v1"
+    """v1."""
+    kind: str | None = "PersistentVolume"
+    """PersistentVolume."""
+    metadata: ObjectMeta | None = None
+    """Standard object metadata."""
+    spec: PersistentVolumeSpec | None = None
+    """What the volume is."""
+    status: PersistentVolumeStatus | None = None
+    """Its phase (owned by the volume binder)."""
+
+
+class PersistentVolumeClaimStatus(KubeModel):
+    """What a claim got."""
+
+    phase: str | None = None
+    """Pending, Bound or Lost."""
+    access_modes: list[str] | None = None
+    """Access modes of the bound volume."""
+    capacity: dict[str, Quantity] | None = None
+    """Size of the bound volume."""
+    conditions: list[dict[str, Any]] | None = None
+    """Conditions (Resizing, FileSystemResizePending, ...)."""
+    allocated_resources: dict[str, Quantity] | None = None
+    """Storage allocated to the claim."""
+
+
+class PersistentVolumeClaim(KubeModel):
+    """A user's request for storage, bound to one PersistentVolume."""
+
+    api_version: str | None = "v1"
+    """v1."""
+    kind: str | None = "PersistentVolumeClaim"
+    """PersistentVolumeClaim."""
+    metadata: ObjectMeta | None = None
+    """Standard object metadata."""
+    spec: PersistentVolumeClaimSpec | None = None
+    """What is asked for."""
+    status: PersistentVolumeClaimStatus | None = None
+    """Its phase and what it got (owned by the volume binder)."""

@@ -100,6 +100,44 @@ def _event_object(obj: Obj) -> str:
     return f"{str(ref.get('kind', '')).lower()}/{ref.get('name', '')}"
 
 
+_ACCESS_MODES = {
+    "ReadWriteOnce": "RWO",
+    "ReadOnlyMany": "ROX",
+    "ReadWriteMany": "RWX",
+    "ReadWriteOncePod": "RWOP",
+}
+
+
+def _access_modes(modes: object) -> str:
+    """kubectl's short form of access modes: ``RWO,RWX``."""
+    return ",".join(_ACCESS_MODES.get(str(m), str(m)) for m in modes or []) if isinstance(modes, list) else ""
+
+
+def _claim(obj: Obj) -> str:
+    ref = (obj.get("spec") or {}).get("claimRef") or {}
+    return f"{ref.get('namespace', '')}/{ref.get('name', '')}" if ref.get("name") else ""
+
+
+def _claim_default(obj: Obj) -> None:
+    """Kubernetes' defaults for a claim (and a volume): Filesystem mode, phase Pending."""
+    spec = obj.get("spec") or {}
+    spec.setdefault("volumeMode", "Filesystem")
+    obj["spec"] = spec
+    status = obj.get("status") or {}
+    status.setdefault("phase", "Pending")
+    obj["status"] = status
+
+
+def _volume_default(obj: Obj) -> None:
+    """Kubernetes' defaults for a volume: those of a claim, and Retain (a volume created by hand)."""
+    _claim_default(obj)
+    obj["spec"].setdefault("persistentVolumeReclaimPolicy", "Retain")
+
+
+def _storage(sizes: object) -> str:
+    return str((sizes or {}).get("storage", "")) if isinstance(sizes, dict) else ""
+
+
 CORE = "rbac.authorization.k8s.io"
 
 KINDS: list[Kind] = [
@@ -208,6 +246,53 @@ KINDS: list[Kind] = [
             PrinterColumn("Secrets", "integer", value=lambda o: len(o.get("secrets") or [])),
             AGE,
         ),
+    ),
+    Kind(
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        core.PersistentVolume,
+        namespaced=False,
+        short_names=("pv",),
+        strategic_merge=True,
+        printer_columns=(
+            PrinterColumn("Capacity", value=lambda o: _storage((o.get("spec") or {}).get("capacity"))),
+            PrinterColumn(
+                "Access Modes", value=lambda o: _access_modes((o.get("spec") or {}).get("accessModes"))
+            ),
+            PrinterColumn("Reclaim Policy", json_path=".spec.persistentVolumeReclaimPolicy"),
+            PrinterColumn("Status", json_path=".status.phase"),
+            PrinterColumn("Claim", value=_claim),
+            PrinterColumn("StorageClass", json_path=".spec.storageClassName"),
+            PrinterColumn("VolumeAttributesClass", json_path=".spec.volumeAttributesClassName"),
+            PrinterColumn("Reason", json_path=".status.reason"),
+            AGE,
+            PrinterColumn("VolumeMode", json_path=".spec.volumeMode", priority=1),
+        ),
+        defaulter=_volume_default,
+    ),
+    Kind(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        core.PersistentVolumeClaim,
+        short_names=("pvc",),
+        strategic_merge=True,
+        printer_columns=(
+            PrinterColumn("Status", json_path=".status.phase"),
+            PrinterColumn("Volume", json_path=".spec.volumeName"),
+            PrinterColumn("Capacity", value=lambda o: _storage((o.get("status") or {}).get("capacity"))),
+            PrinterColumn(
+                "Access Modes", value=lambda o: _access_modes((o.get("status") or {}).get("accessModes"))
+            ),
+            PrinterColumn("StorageClass", json_path=".spec.storageClassName"),
+            PrinterColumn("VolumeAttributesClass", json_path=".spec.volumeAttributesClassName"),
+            AGE,
+            PrinterColumn("VolumeMode", json_path=".spec.volumeMode", priority=1),
+        ),
+        defaulter=_claim_default,
     ),
     Kind(
         "coordination.k8s.io",

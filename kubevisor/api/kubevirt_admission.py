@@ -55,6 +55,10 @@ DEFAULT_ARCHITECTURE = "amd64"
 MACHINE_TYPES = {"amd64": "q35", "arm64": "virt", "s390x": "s390-ccw-virtio", "ppc64le": "pseries"}
 EMULATED_MACHINES = {"amd64": ("q35*", "pc-q35*"), "arm64": ("virt*",), "s390x": ("s390-ccw-virtio*",)}
 DEFAULT_CPU_MODEL = "host-model"
+NODE_AGENT_FINALIZER = "kubevisor.io/node-agent"
+"""Put on every VMI at creation (as virt-api's mutator adds KubeVirt's VMI finalizer), so that neither the
+VMI controller nor the node agent spends an API write on it. The node agent removes it once the guest is down
+and its run directory gone; the VMI controller removes it from a VMI deleted before it reached a node."""
 CLUSTER_INSTANCETYPE_KIND = "virtualmachineclusterinstancetype"
 CLUSTER_PREFERENCE_KIND = "virtualmachineclusterpreference"
 
@@ -258,6 +262,12 @@ def default_vmi(obj: Obj) -> None:
     default_vmi_spec(spec)
     if "status" not in obj:  # a create (the apiserver drops the body's status); later writes keep theirs
         obj["status"] = _initial_status(spec)
+        metadata = obj.get("metadata")
+        if isinstance(metadata, dict):
+            finalizers = metadata.get("finalizers")
+            finalizers = finalizers if isinstance(finalizers, list) else []
+            if NODE_AGENT_FINALIZER not in finalizers:
+                metadata["finalizers"] = [*finalizers, NODE_AGENT_FINALIZER]
 
 
 def _initial_status(spec: Obj) -> Obj:

@@ -14,21 +14,23 @@ import copy
 import json
 import logging
 import platform
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from kubevisor.api.authz import TokenRequest
 from kubevisor.api.meta import DeleteOptions
 from kubevisor.api.registry import Kind, Obj, Registry
 from kubevisor.api.validation import FieldError
-from kubevisor.apiserver import admission, errors, patching, tables, vmactions, watching
+from kubevisor.apiserver import admission, errors, patching, tables, vmactions, vmistreams, watching
 from kubevisor.apiserver.auth import (
     RBAC,
     Attributes,
@@ -178,8 +180,11 @@ class ApiServer:
         *,
         tokens: TokenIssuer,
         compaction_interval: float = 300.0,
+        agent_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.store = store
+        self.agent_tls = agent_tls
+        """Client TLS context for node agents (console, VNC, pause...); None: those answer 503."""
         self.registry = registry
         self.objects = Objects(store, registry)
         self.tokens = tokens
@@ -257,6 +262,9 @@ class ApiServer:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if scope["type"] == "websocket":
+            await self._websocket(WebSocket(scope, receive, send))
+            return
         if scope["type"] != "http":
             return
         request = Request(scope, receive)
@@ -293,6 +301,9 @@ class ApiServer:
             if len(segs) == 1:
                 await self._authorize_path(user, request, path)
                 return self._discovery_root(request, core=False)
+            if segs[1] == vmactions.GROUP and len(segs) <= 3:
+                await self._authorize_path(user, request, path)
+                return self._subresources_discovery(path, segs[2:])
             if len(segs) == 2:
                 await self._authorize_path(user, request, path)
                 body = self.discovery.legacy_group(segs[1])
@@ -307,7 +318,7 @@ class ApiServer:
             return self._openapi(request, segs)
         raise errors.path_not_found(path)
 
-    async def authenticate(self, request: Request) -> User | None:
+    async def authenticate(self, request: HTTPConnection) -> User | None:
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             claims = self.tokens.verify(auth[7:].strip())
@@ -827,9 +838,113 @@ class ApiServer:
 
     # --- virtual kinds and special subresources --------------------------------------------------
 
-    async def _kubevirt_action(self, request: Request, user: User, version: str, segs: list[str]) -> Response:
-        """KubeVirt's subresources.kubevirt.io API (virt-api): VM start, stop, restart."""
+    async def _websocket(self, ws: WebSocket) -> None:
+        """A websocket request: only the VMI streams of subresources.kubevirt.io (console, vnc,
+        portforward); anything refused gets its Status as the answer to the upgrade request."""
+        path = ws.url.path
+        try:
+            user = await self.authenticate(ws)
+            if user is None:
+                raise errors.ApiError(401, "Unauthorized", "Unauthorized")
+            segs = [s for s in path.split("/") if s]
+            req = vmistreams.parse(segs[3:]) if segs[:2] == ["apis", vmactions.GROUP] else None
+            if req is None or segs[2] not in vmactions.VERSIONS or req.subresource not in vmistreams.STREAMS:
+                raise errors.path_not_found(path)
+            await self._authorize_vmi(user, req, path)
+            await vmistreams.proxy_websocket(
+                ws,
+                self.objects,
+                vmi_kind=self._kind("kubevirt.io", "v1", "virtualmachineinstances"),
+                node_kind=self._kind("", "v1", "nodes"),
+                req=req,
+                agent_tls=self.agent_tls,
+            )
+        except errors.ApiError as exc:
+            await self._deny(ws, exc)
+        except Exception as exc:
+            log.exception("internal error serving websocket %s", path)
+            await self._deny(ws, errors.ApiError(500, "InternalError", f"an internal error occurred: {exc}"))
+
+    @staticmethod
+    async def _deny(ws: WebSocket, exc: errors.ApiError) -> None:
+        from starlette.websockets import WebSocketState
+
+        if ws.application_state == WebSocketState.CONNECTING:
+            await ws.send_denial_response(_status_response(exc))
+        elif ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close(1011, exc.message[:120])
+
+    @staticmethod
+    def _subresources_discovery(path: str, rest: list[str]) -> Response:
+        """Discovery of subresources.kubevirt.io (virt-api's aggregated API, not a registry group)."""
+        versions = [{"groupVersion": f"{vmactions.GROUP}/{v}", "version": v} for v in vmactions.VERSIONS]
+        if not rest:
+            group = {"name": vmactions.GROUP, "versions": versions, "preferredVersion": versions[0]}
+            return _json({"kind": "APIGroup", "apiVersion": "v1", **group})
+        if rest[0] not in vmactions.VERSIONS:
+            raise errors.path_not_found(path)
+        return Response(vmistreams.resource_list(rest[0], vmactions.VM_ACTIONS), media_type=JSON)
+
+    async def _authorize_vmi(self, user: User, req: vmistreams.Request, path: str) -> None:
+        attrs = Attributes(
+            verb=vmistreams.verb(req),
+            namespace=req.namespace,
+            group=vmactions.GROUP,
+            resource="virtualmachineinstances",
+            subresource=req.subresource,
+            name=req.name,
+            path=path,
+        )
+        allowed, _ = await self.rbac.authorize(user, attrs)
+        if not allowed:
+            raise errors.forbidden(forbidden_message(user, attrs))
+
+    async def _vmi_subresource(self, request: Request, user: User, segs: list[str]) -> Response:
+        """pause, unpause (PUT) and guestosinfo (GET) of a VMI; a stream without an upgrade is refused."""
         path = request.url.path
+        req = vmistreams.parse(segs)
+        if req is None:
+            raise errors.path_not_found(path)
+        if req.subresource in vmistreams.STREAMS:
+            raise errors.bad_request(
+                f"{req.what}: {req.subresource} is a websocket stream; connect with a websocket client "
+                f"(e.g. `kubevisor {req.subresource} {req.name}`)"
+            )
+        wanted = "PUT" if req.subresource in vmistreams.ACTIONS else "GET"
+        if request.method != wanted:
+            raise errors.method_not_allowed()
+        await self._authorize_vmi(user, req, path)
+        vmi_kind = self._kind("kubevirt.io", "v1", "virtualmachineinstances")
+        node_kind = self._kind("", "v1", "nodes")
+        if req.subresource in vmistreams.QUERIES:
+            body = await vmistreams.query(
+                self.objects, vmi_kind=vmi_kind, node_kind=node_kind, req=req, agent_tls=self.agent_tls
+            )
+            return Response(body, media_type=JSON)
+        raw = await _read_body(request)
+        options: Obj = {}
+        if raw.strip():
+            value, _ = admission.decode_body(
+                raw, request.headers.get("content-type", JSON), track_duplicates=False
+            )
+            options = value if isinstance(value, dict) else {}
+        await vmistreams.action(
+            self.objects,
+            vmi_kind=vmi_kind,
+            node_kind=node_kind,
+            req=req,
+            agent_tls=self.agent_tls,
+            body=options,
+        )
+        return Response(b"", status_code=202)
+
+    async def _kubevirt_action(self, request: Request, user: User, version: str, segs: list[str]) -> Response:
+        """KubeVirt's subresources.kubevirt.io API (virt-api): VM start, stop, restart; VMI pause, unpause,
+        guestosinfo (see :mod:`kubevisor.apiserver.vmistreams`)."""
+        path = request.url.path
+        if version in vmactions.VERSIONS and segs[2:3] == ["virtualmachineinstances"]:
+            return await self._vmi_subresource(request, user, segs)
         if (
             version not in vmactions.VERSIONS
             or len(segs) != 5

@@ -97,6 +97,9 @@ class Discovery:
     @cached_property
     def legacy_apis(self) -> bytes:
         groups = [self._group(g, vs) for g, vs in self.registry.group_versions().items() if g]
+        if any(g == "kubevirt.io" for g in self.registry.group_versions()):
+            # virt-api's aggregated group: subresources of VMs and VMIs only (kubevisor.apiserver.vmistreams)
+            groups.append(self._group("subresources.kubevirt.io", ["v1", "v1alpha3"]))
         return orjson.dumps({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 
     def legacy_group(self, group: str) -> bytes | None:

@@ -49,6 +49,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 __all__ = [
     "ADMIN_GROUP",
     "ADMIN_USER",
+    "AGENT_CLIENT_COMMON_NAME",
     "CA_COMMON_NAME",
     "DEFAULT_HOSTS",
     "PKI",
@@ -56,6 +57,8 @@ __all__ = [
     "PKIError",
     "TokenClaims",
     "TokenIssuer",
+    "ensure_agent_client",
+    "ensure_agent_serving",
     "ensure_pki",
     "issue_client_cert",
     "user_from_certificate",
@@ -498,6 +501,50 @@ def issue_client_cert(pki: PKI, user: str, groups: Sequence[str], days: int = 36
         days=days,
     )
     return _cert_pem(cert), _key_pem(key)
+
+
+AGENT_CLIENT_COMMON_NAME = "kubevisor-apiserver-agent-client"
+"""CN of the certificate the apiserver presents to node agents (kube-apiserver's kubelet client
+certificate); node agents accept no other client."""
+
+
+def ensure_agent_client(pki: PKI) -> tuple[Path, Path]:
+    """The apiserver's client certificate and key for node agents (created or renewed as needed):
+    ``apiserver-agent-client.{crt,key}``. It carries no group: as an API user it may do nothing."""
+    cert, key = pki.directory / "apiserver-agent-client.crt", pki.directory / "apiserver-agent-client.key"
+    with _locked(pki.directory):
+        ca_cert, ca_key = pki.load_ca()
+        _ensure_leaf(
+            cert,
+            key,
+            ca_cert,
+            ca_key,
+            subject=_name(AGENT_CLIENT_COMMON_NAME),
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+            days=SERVING_DAYS,
+        )
+    return cert, key
+
+
+def ensure_agent_serving(pki: PKI, node: str, hosts: Sequence[str]) -> tuple[Path, Path]:
+    """The serving certificate and key of node ``node``'s agent for ``hosts`` (plus
+    :data:`DEFAULT_HOSTS`): ``agent-<node>.{crt,key}``, created or re-issued as needed."""
+    if not node or "/" in node or node.startswith("."):
+        raise ValueError(f"node name {node!r} cannot name a certificate file")
+    cert, key = pki.directory / f"agent-{node}.crt", pki.directory / f"agent-{node}.key"
+    with _locked(pki.directory):
+        ca_cert, ca_key = pki.load_ca()
+        _ensure_leaf(
+            cert,
+            key,
+            ca_cert,
+            ca_key,
+            subject=_name(f"system:node:{node}", ["system:nodes"]),
+            usage=ExtendedKeyUsageOID.SERVER_AUTH,
+            days=SERVING_DAYS,
+            sans=_host_names([*DEFAULT_HOSTS, node, *hosts]),
+        )
+    return cert, key
 
 
 def _attr_str(value: str | bytes) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request as WebSocketRequest
 
 from kubevisor.apiserver.app import ApiServer
 
@@ -35,6 +37,24 @@ class _TLSProtocol(HttpToolsProtocol):
         if self._client_der is not None:
             scope: Any = self.scope
             scope["extensions"] = {"tls": {"client_cert_der": self._client_der}}
+
+
+class _TLSWebSocketProtocol(WebSocketsSansIOProtocol):
+    """Websocket protocol (console, VNC, port-forward streams) that exposes the client certificate too."""
+
+    _client_der: bytes | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        self._client_der = der or None
+
+    def handle_connect(self, event: WebSocketRequest) -> None:
+        super().handle_connect(event)  # the app's task is created, not yet run: the scope can still change
+        scope: Any = getattr(self, "scope", None)
+        if scope is not None and self._client_der is not None:
+            scope.setdefault("extensions", {})["tls"] = {"client_cert_der": self._client_der}
 
 
 @dataclass
@@ -71,6 +91,8 @@ class Server:
         config = uvicorn.Config(
             app,
             http=_TLSProtocol,
+            ws=_TLSWebSocketProtocol,
+            ws_per_message_deflate=False,
             lifespan="off",
             log_level="warning",
             access_log=False,

@@ -27,6 +27,7 @@ from kubevisor.controllers.namespace import NamespaceController
 from kubevisor.controllers.reconciling import Controller
 from kubevisor.controllers.vm import VirtualMachineController
 from kubevisor.controllers.vmi import VirtualMachineInstanceController
+from kubevisor.controllers.volumebinding import VolumeBindingController
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,8 @@ def builtin_controllers(client: Client, registry: Registry) -> list[Controller]:
         GarbageCollector(client, registry),
         NamespaceController(client, registry),
     ]
+    if registry.get("", "v1", "persistentvolumeclaims") is not None:
+        controllers.append(VolumeBindingController(client))
     if registry.get("kubevirt.io", "v1", "virtualmachineinstances") is not None:
         controllers += [VirtualMachineController(client), VirtualMachineInstanceController(client)]
     return controllers

@@ -15,6 +15,10 @@ runStrategy semantics (KubeVirt's user guide, "Run strategies"):
   ``status.stateChangeRequests``.
 
 The deprecated ``spec.running`` maps to Always (true) and Halted (false).
+
+A VM that should be starting while a claim its template names (``persistentVolumeClaim``, ``ephemeral``,
+or a ``dataVolume`` not among its ``dataVolumeTemplates``) does not exist shows ``ErrorPvcNotFound``, as
+KubeVirt's does; the controller watches claims, so the status changes as soon as the claim is created.
 """
 
 from __future__ import annotations
@@ -116,6 +120,22 @@ def vmi_for(vm: Obj) -> Obj:
     }
 
 
+def claim_names(vm: Obj) -> set[str]:
+    """The claims the VM's template attaches (DataVolumes its own templates create are left out)."""
+    spec = vm.get("spec") or {}
+    templated = {((t.get("metadata") or {}).get("name")) for t in spec.get("dataVolumeTemplates") or []}
+    names: set[str] = set()
+    for volume in ((spec.get("template") or {}).get("spec") or {}).get("volumes") or []:
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        claim = claim or ((volume.get("ephemeral") or {}).get("persistentVolumeClaim") or {}).get("claimName")
+        data_volume = (volume.get("dataVolume") or {}).get("name")
+        if data_volume and data_volume not in templated:
+            claim = data_volume
+        if claim:
+            names.add(str(claim))
+    return names
+
+
 def owned_by(vmi: Obj, vm: Obj) -> bool:
     return any(
         ref.get("uid") == vm["metadata"].get("uid") and ref.get("controller")
@@ -133,7 +153,9 @@ class VirtualMachineController(Controller):
         super().__init__(client, concurrency=concurrency)
         self.vms: ResourceClient = client.resource(GROUP_VERSION, "virtualmachines")
         self.vmis: ResourceClient = client.resource(GROUP_VERSION, "virtualmachineinstances")
+        self.pvcs: ResourceClient = client.resource("v1", "persistentvolumeclaims")
         self.recorder = EventRecorder(client, "virtualmachine-controller")
+        self._pvc_informer: Informer | None = None
         self._vm_informer: Informer | None = None
         self._vmi_informer: Informer | None = None
         self._crashes: dict[str, tuple[int, float]] = {}
@@ -142,6 +164,24 @@ class VirtualMachineController(Controller):
     def setup(self) -> None:
         self._vm_informer = self.watch(self.vms)
         self._vmi_informer = self.watch(self.vmis, keys=self._owner_keys)
+        self._pvc_informer = self.watch(self.pvcs, keys=self._claimant_keys)
+
+    def _claimant_keys(self, pvc: Obj) -> list[str]:
+        """The VMs of the claim's namespace whose template names it."""
+        if self._vm_informer is None:
+            return []
+        meta = pvc.get("metadata") or {}
+        return [
+            f"{meta.get('namespace')}/{vm['metadata']['name']}"
+            for vm in self._vm_informer.list()
+            if vm["metadata"].get("namespace") == meta.get("namespace")
+            and meta.get("name") in claim_names(vm)
+        ]
+
+    def _missing_claims(self, vm: Obj) -> list[str]:
+        assert self._pvc_informer is not None
+        namespace = vm["metadata"].get("namespace")
+        return sorted(c for c in claim_names(vm) if self._pvc_informer.get(f"{namespace}/{c}") is None)
 
     @staticmethod
     def _owner_keys(vmi: Obj) -> list[str]:
@@ -254,6 +294,8 @@ class VirtualMachineController(Controller):
         status = copy.deepcopy(vm.get("status") or {})
         old = copy.deepcopy(status)
         printable = printable_status(vm, vmi, strategy, self._crash_looping(key))
+        if printable == "Starting" and self._missing_claims(vm):
+            printable = "ErrorPvcNotFound"
         status["printableStatus"] = printable
         status["runStrategy"] = strategy
         vmi_phase = ((vmi or {}).get("status") or {}).get("phase")

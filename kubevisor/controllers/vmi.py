@@ -10,7 +10,13 @@ Node's allocatable minus what the unfinished VMIs bound to it request. When noth
 Pending with condition ``PodScheduled=False, reason Unschedulable`` (the VM shows ErrorUnschedulable) and a
 ``FailedScheduling`` Event says why, as kube-scheduler's "0/N nodes are available: ..." does.
 
-A VMI is scheduled in one status write (Pending → Scheduled), which keeps API writes per VMI low.
+A VMI is scheduled in one status write (Pending → Scheduled), which keeps API writes per VMI low: create,
+Scheduled, Running (the node agent's finalizer is put on by the apiserver's defaulting at creation).
+
+The node agent removes its finalizer (``kubevisor.io/node-agent``) once a VMI's guest is down. A VMI that no
+agent will ever look at gets it removed here when it is deleted, so the delete never hangs: one that was never
+bound to a node (Pending, unschedulable, or Failed before scheduling), and one bound to a Node that no longer
+exists. The removal carries the resourceVersion read, so it cannot race a scheduling write (409, requeue).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections import Counter
 from decimal import Decimal
 from typing import Any
 
-from kubevisor.api.kubevirt_admission import parse_quantity
+from kubevisor.api.kubevirt_admission import NODE_AGENT_FINALIZER, parse_quantity
 from kubevisor.api.registry import Obj
 from kubevisor.client import errors
 from kubevisor.client.events import EventRecorder
@@ -157,19 +163,28 @@ class VirtualMachineInstanceController(Controller):
         self._node_informer: Informer | None = None
         self._reported: dict[str, str] = {}
         """Last FailedScheduling message per VMI key, so a retry does not repeat the Event."""
+        self._assumed: dict[str, tuple[str, str]] = {}
+        """VMI key -> (uid, node) bound by this controller and not yet bound in the informer's cache (as
+        kube-scheduler's assume cache): workers scheduling at the same time count each other's VMIs, so a
+        node is never overcommitted between a binding write and its watch event."""
 
     def setup(self) -> None:
         self._vmi_informer = self.watch(self.vmis)
         self._node_informer = self.watch(self.nodes, keys=self._pending_keys)
 
     def _pending_keys(self, node: Obj) -> list[str]:
-        """A Node change may make room: look at every VMI still waiting for one."""
+        """A Node change may make room: look at every VMI still waiting for one (and, a Node being gone, at
+        the deleted VMIs bound to it, whose finalizer no agent will remove)."""
         if self._vmi_informer is None:
             return []
         keys = []
+        name = node["metadata"]["name"]
         for vmi in self._vmi_informer.list():
             status = vmi.get("status") or {}
-            if not status.get("nodeName") and status.get("phase") in (None, "", "Pending", "Scheduling"):
+            unbound = not status.get("nodeName")
+            waiting = unbound and status.get("phase") in (None, "", "Pending", "Scheduling")
+            orphaned = status.get("nodeName") == name and vmi["metadata"].get("deletionTimestamp")
+            if waiting or orphaned:
                 keys.append(f"{vmi['metadata']['namespace']}/{vmi['metadata']['name']}")
         return keys
 
@@ -178,13 +193,18 @@ class VirtualMachineInstanceController(Controller):
         vmi = self._vmi_informer.get(key)
         if vmi is None:
             self._reported.pop(key, None)
+            self._assumed.pop(key, None)
             return None
         status = vmi.get("status") or {}
-        if vmi["metadata"].get("deletionTimestamp") or status.get("nodeName"):
+        if vmi["metadata"].get("deletionTimestamp"):
+            await self._release_unbound(vmi)
+            return None
+        if status.get("nodeName"):
             return None
         if status.get("phase") not in (None, "", "Pending", "Scheduling"):
             return None
-        node, why = self.scheduler.choose(vmi, self._node_informer.list(), self._vmi_informer.list())
+        vmis = self._with_assumed(self._vmi_informer.list())
+        node, why = self.scheduler.choose(vmi, self._node_informer.list(), vmis)
         new_status = copy.deepcopy(status)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         conditions = [c for c in new_status.get("conditions") or [] if c.get("type") != "PodScheduled"]
@@ -208,6 +228,7 @@ class VirtualMachineInstanceController(Controller):
                 await self.recorder.warning(vmi, "FailedScheduling", why)
             return Result(requeue_after=UNSCHEDULABLE_RETRY)
         self._reported.pop(key, None)
+        self._assumed[key] = (vmi["metadata"]["uid"], node)  # before any await: see _assumed
         new_status["phase"] = "Scheduled"
         new_status["nodeName"] = node
         if conditions:
@@ -220,9 +241,46 @@ class VirtualMachineInstanceController(Controller):
         transitions.append({"phase": "Scheduled", "phaseTransitionTimestamp": now})
         new_status["phaseTransitionTimestamps"] = transitions
         # One status write; the node agent selects its VMIs by the status.nodeName field selector.
-        await self._update_status(vmi, new_status)
+        try:
+            await self._update_status(vmi, new_status)
+        except BaseException:
+            self._assumed.pop(key, None)  # not bound (409: requeued and chosen again)
+            raise
         log.info("scheduled %s on %s", key, node)
         return None
+
+    def _with_assumed(self, vmis: list[Obj]) -> list[Obj]:
+        """``vmis`` with those this controller bound shown bound, until the cache catches up."""
+        seen = []
+        for vmi in vmis:
+            key = f"{vmi['metadata']['namespace']}/{vmi['metadata']['name']}"
+            assumed = self._assumed.get(key)
+            if assumed is None or assumed[0] != vmi["metadata"]["uid"]:
+                seen.append(vmi)
+            elif (vmi.get("status") or {}).get("nodeName"):
+                del self._assumed[key]  # the informer has the binding now
+                seen.append(vmi)
+            else:
+                seen.append(dict(vmi, status=dict(vmi.get("status") or {}, nodeName=assumed[1])))
+        return seen
+
+    async def _release_unbound(self, vmi: Obj) -> None:
+        """Remove the node agent's finalizer from a deleted VMI that no node agent will handle."""
+        assert self._node_informer is not None
+        finalizers = list(vmi["metadata"].get("finalizers") or [])
+        if NODE_AGENT_FINALIZER not in finalizers:
+            return
+        node = (vmi.get("status") or {}).get("nodeName")
+        if node and self._node_informer.get(node) is not None:
+            return  # that node's agent stops the guest and removes the finalizer
+        body = copy.deepcopy(vmi)
+        body["metadata"]["finalizers"] = [f for f in finalizers if f != NODE_AGENT_FINALIZER]
+        try:
+            await self.vmis.update(body)  # 409 when stale (e.g. just scheduled): requeued, re-read
+        except errors.NotFoundError:
+            return
+        why = f"its node {node} does not exist" if node else "it was never scheduled to a node"
+        log.info("released deleted VMI %s/%s: %s", vmi["metadata"]["namespace"], vmi["metadata"]["name"], why)
 
     async def _update_status(self, vmi: Obj, status: Obj) -> None:
         body: dict[str, Any] = dict(vmi, status=status)

@@ -9,8 +9,11 @@ a machine pays for the download and unpacking.
 
 Artifacts (see :class:`Guest`): the kernel, an initramfs, and a bootable disk image (an isohybrid ISO made
 with ISOLINUX and xorriso; SeaBIOS boots it as a disk or a CD-ROM: tests boot it from virtio and SCSI
-disks and a SATA CD-ROM, on q35 and pc). The root file system is the initramfs itself; the guest writes
-nothing to its disk.
+disks and a SATA CD-ROM, on q35 and pc). The same image boots under UEFI (OVMF): it also carries an EFI
+system partition (El Torito and GPT, ``xorriso -isohybrid-gpt-basdat``) whose ``EFI/BOOT/BOOTX64.EFI`` is
+a standalone GRUB (``grub-mkstandalone``, packages grub-efi-amd64-bin and mtools) that finds the disk
+holding ``/boot/vmlinuz`` and boots it with the same initramfs and command line. The root file system is
+the initramfs itself; the guest writes nothing to its disk.
 
 The guest's contract, which tests rely on (lines on the serial console, ``ttyS0``):
 
@@ -24,6 +27,10 @@ The guest's contract, which tests rely on (lines on the serial console, ``ttyS0`
 - with a NIC, ``eth0`` asks for DHCP in the background (retrying until a server answers, then renewing)
   and prints ``KUBEVISOR-GUEST-IP eth0=<address>`` on each lease;
 - ACPI powerdown (QMP ``system_powerdown``) prints ``KUBEVISOR-GUEST-POWEROFF`` and powers off at once;
+- with a virtio-serial port named ``org.qemu.guest_agent.0``, Debian's ``qemu-ga`` runs on it (its
+  binary and the shared libraries it needs are copied into the initramfs from their packages), and
+  ``/etc/os-release`` describes the guest (``ID=kubevisor-guest``); ``KUBEVISOR-GUEST-AGENT started``
+  says so on the console;
 - then a root shell runs on the console (prompt ``<hostname>#``).
 
 Seeds are written by :mod:`kubevisor.virt.cloudinit` (the node agent writes the same images); this module
@@ -51,6 +58,7 @@ from pathlib import Path
 from kubevisor.virt.cloudinit import configdrive_seed, nocloud_seed
 
 __all__ = [
+    "GUEST_AGENT_MARKER",
     "IP_MARKER",
     "KERNEL_CMDLINE",
     "POWEROFF_MARKER",
@@ -83,6 +91,35 @@ KERNEL_CMDLINE = "console=ttyS0,115200 quiet"
 
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
+GUEST_AGENT_PACKAGES = (
+    "qemu-guest-agent",
+    "libc6",
+    "libglib2.0-0",
+    "libnuma1",
+    "libudev1",
+    "liburing2",
+    "libpcre2-8-0",
+)
+"""qemu-ga and the packages of the shared libraries it links (``ldd /usr/sbin/qemu-ga`` on Debian 12)."""
+GUEST_AGENT_LIBRARIES = (
+    "ld-linux-x86-64.so.2",
+    "libc.so.6",
+    "libm.so.6",
+    "libglib-2.0.so.0",
+    "libgmodule-2.0.so.0",
+    "libnuma.so.1",
+    "libudev.so.1",
+    "liburing.so.2",
+    "libpcre2-8.so.0",
+)
+OS_RELEASE = """NAME="kubevisor test guest"
+ID=kubevisor-guest
+VERSION_ID=1
+VERSION="1 (busybox)"
+PRETTY_NAME="kubevisor test guest 1"
+"""
+GUEST_AGENT_MARKER = "KUBEVISOR-GUEST-AGENT"
+"""Printed when qemu-ga starts in the guest: ``KUBEVISOR-GUEST-AGENT started``."""
 ARCH = "amd64"
 
 # Modules wanted in the guest; their dependencies are added from each module's modinfo, in load order.
@@ -107,6 +144,10 @@ MODULE_PARAMETERS = {"scsi_mod": "scan=sync"}
 
 ISOLINUX_DIR = Path("/usr/lib/ISOLINUX")
 SYSLINUX_MODULES = Path("/usr/lib/syslinux/modules/bios")
+GRUB_EFI_MODULES = Path("/usr/lib/grub/x86_64-efi")
+GRUB_MODULES = "part_gpt part_msdos iso9660 fat search search_fs_file linux normal serial configfile boot"
+EFI_IMAGE_KIB = 2048
+"""Size of the FAT image holding the EFI boot loader (GRUB is about 1 MiB)."""
 BUILD_FORMAT = 1
 """Bump when the build changes in a way the hashed inputs below do not capture."""
 
@@ -161,6 +202,16 @@ fi
 
 acpid -c /etc/acpi -l /var/log/acpid.log
 
+# The guest agent, on the virtio-serial port QEMU names org.qemu.guest_agent.0 (when there is one).
+for port in /sys/class/virtio-ports/*; do
+  if [ "$(cat "$port/name" 2>/dev/null)" = org.qemu.guest_agent.0 ]; then
+    mkdir -p /run/qemu-ga
+    LD_LIBRARY_PATH=/lib/x86_64-linux-gnu /usr/sbin/qemu-ga -d -m virtio-serial -p "/dev/${port##*/}" \
+      -t /run/qemu-ga -f /run/qemu-ga.pid -l /var/log/qemu-ga.log \
+      && echo "KUBEVISOR-GUEST-AGENT started"
+  fi
+done
+
 mkdir -p /www
 echo "kubevisor-guest hostname=$(hostname)" > /www/index.html
 httpd -p 80 -h /www
@@ -211,6 +262,15 @@ LABEL kubevisor
   KERNEL /boot/vmlinuz
   INITRD /boot/initrd.img
   APPEND {KERNEL_CMDLINE}
+"""
+
+GRUB_CFG = f"""set timeout=0
+serial --unit=0 --speed=115200
+terminal_output serial
+search --no-floppy --set=root --file /boot/vmlinuz
+linux /boot/vmlinuz {KERNEL_CMDLINE}
+initrd /boot/initrd.img
+boot
 """
 
 
@@ -289,7 +349,7 @@ def _run(argv: list[str], *, what: str, cwd: Path | None = None) -> str:
 def _resolve_packages() -> dict[str, str]:
     """Package name -> version: the kernel the cloud metapackage points at, and busybox-static."""
     out = _run(
-        ["apt-cache", "show", "--no-all-versions", KERNEL_PACKAGE, BUSYBOX_PACKAGE],
+        ["apt-cache", "show", "--no-all-versions", KERNEL_PACKAGE, BUSYBOX_PACKAGE, *GUEST_AGENT_PACKAGES],
         what="resolving Debian packages (run `apt-get update` if the package lists are missing)",
     )
     stanzas: dict[str, dict[str, str]] = {}
@@ -307,7 +367,12 @@ def _resolve_packages() -> dict[str, str]:
     match = re.search(r"(linux-image-[^\s,]+-cloud-amd64) \(= ([^)]+)\)", depends)
     if not match:
         raise GuestBuildError(f"test guest: cannot find the kernel package in {KERNEL_PACKAGE}'s Depends")
-    return {match.group(1): match.group(2), BUSYBOX_PACKAGE: busybox_version}
+    packages = {match.group(1): match.group(2), BUSYBOX_PACKAGE: busybox_version}
+    for name in GUEST_AGENT_PACKAGES:
+        if name not in stanzas:
+            raise GuestBuildError(f"test guest: apt-cache show did not describe {name}; run `apt-get update`")
+        packages[name] = stanzas[name]["Version"]
+    return packages
 
 
 def _boot_files() -> dict[str, Path]:
@@ -315,11 +380,14 @@ def _boot_files() -> dict[str, Path]:
         "isohdpfx.bin": ISOLINUX_DIR / "isohdpfx.bin",
         "isolinux.bin": ISOLINUX_DIR / "isolinux.bin",
         "ldlinux.c32": SYSLINUX_MODULES / "ldlinux.c32",
+        "grub-kernel.img": GRUB_EFI_MODULES / "kernel.img",
     }
     missing = [str(p) for p in files.values() if not p.is_file()]
+    missing += [tool for tool in ("grub-mkstandalone", "mformat", "mcopy") if shutil.which(tool) is None]
     if missing:
         raise GuestBuildError(
-            f"test guest: {', '.join(missing)} missing; install isolinux and syslinux-common (`make install`)"
+            f"test guest: {', '.join(missing)} missing; install isolinux, syslinux-common, "
+            "grub-efi-amd64-bin and mtools (`make install`)"
         )
     return files
 
@@ -335,6 +403,9 @@ def _inputs_key(packages: Mapping[str, str], boot_files: Mapping[str, Path]) -> 
         "udhcpc": UDHCPC_SCRIPT,
         "power": POWER_BUTTON_ACTION,
         "isolinux.cfg": ISOLINUX_CFG,
+        "grub.cfg": [GRUB_CFG, GRUB_MODULES, EFI_IMAGE_KIB],
+        "os-release": OS_RELEASE,
+        "guest-agent-libraries": GUEST_AGENT_LIBRARIES,
         "boot": {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in sorted(boot_files.items())},
     }
     digest.update(json.dumps(inputs, sort_keys=True).encode())
@@ -381,7 +452,7 @@ def _build_into(final: Path, packages: Mapping[str, str], boot_files: Mapping[st
         shutil.copyfile(kernels[0], out / "vmlinuz")
         modules = _module_load_order(module_trees[0], MODULES)
         busybox = (extracted / "bin" / "busybox").read_bytes()
-        (out / "initrd.img").write_bytes(_initramfs(busybox, modules))
+        (out / "initrd.img").write_bytes(_initramfs(busybox, modules, _guest_agent_files(extracted)))
         _disk(out, boot_files, work / "iso")
         manifest = {"packages": dict(packages), "modules": [m for m, _ in modules], "cmdline": KERNEL_CMDLINE}
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -462,11 +533,33 @@ def _cpio_entry(
     return entry
 
 
-def _initramfs(busybox: bytes, modules: list[tuple[str, Path]]) -> bytes:
+def _guest_agent_files(extracted: Path) -> dict[str, bytes]:
+    """Initramfs path -> content: ``usr/sbin/qemu-ga`` and its libraries (symlinks followed) from the
+    unpacked packages."""
+    files = {"usr/sbin/qemu-ga": (extracted / "usr" / "sbin" / "qemu-ga").read_bytes()}
+    for library in GUEST_AGENT_LIBRARIES:
+        found = [
+            p
+            for d in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
+            if (p := extracted / d / library).exists()
+        ]
+        if not found:
+            raise GuestBuildError(f"test guest: {library} (for qemu-ga) is in none of {GUEST_AGENT_PACKAGES}")
+        files[f"lib/x86_64-linux-gnu/{library}"] = found[0].resolve().read_bytes()
+    return files
+
+
+def _initramfs(busybox: bytes, modules: list[tuple[str, Path]], extra: Mapping[str, bytes]) -> bytes:
     directory, regular, symlink, chardev = 0o040755, 0o100755, 0o120777, 0o020600
     entries: list[tuple[str, int, bytes, tuple[int, int]]] = [
         (d, directory, b"", (0, 0))
         for d in ("bin", "dev", "etc", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules", "proc", "sys")
+    ]
+    entries += [(d, directory, b"", (0, 0)) for d in ("lib64", "lib/x86_64-linux-gnu", "usr", "usr/sbin")]
+    entries += [(path, regular, data, (0, 0)) for path, data in sorted(extra.items())]
+    entries += [
+        ("lib64/ld-linux-x86-64.so.2", symlink, b"/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", (0, 0)),
+        ("etc/os-release", 0o100644, OS_RELEASE.encode(), (0, 0)),
     ]
     entries += [
         ("dev/console", chardev, b"", (5, 1)),
@@ -496,13 +589,36 @@ def _disk(out: Path, boot_files: Mapping[str, Path], tree: Path) -> None:
     (tree / "isolinux" / "isolinux.cfg").write_text(ISOLINUX_CFG)
     shutil.copyfile(out / "vmlinuz", tree / "boot" / "vmlinuz")
     shutil.copyfile(out / "initrd.img", tree / "boot" / "initrd.img")
+    _efi_image(tree / "boot" / "efiboot.img", tree.parent)
     _run(
         [
             "xorriso", "-as", "mkisofs", "-quiet", "-o", str(out / "disk.iso"), "-V", "KUBEVISOR_GUEST", "-r",
             "-isohybrid-mbr", str(boot_files["isohdpfx.bin"]),
             "-c", "isolinux/boot.cat", "-b", "isolinux/isolinux.bin",
             "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
+            "-eltorito-alt-boot", "-e", "boot/efiboot.img", "-no-emul-boot", "-isohybrid-gpt-basdat",
             str(tree),
         ],
         what="making the bootable disk image",
     )  # fmt: skip
+
+
+def _efi_image(dest: Path, work: Path) -> None:
+    """A FAT image holding ``EFI/BOOT/BOOTX64.EFI``: GRUB with :data:`GRUB_CFG` built in."""
+    (work / "grub.cfg").write_text(GRUB_CFG)
+    loader = work / "BOOTX64.EFI"
+    _run(
+        [
+            "grub-mkstandalone", "-O", "x86_64-efi", "-d", str(GRUB_EFI_MODULES), "-o", str(loader),
+            f"--modules={GRUB_MODULES}", f"--install-modules={GRUB_MODULES}",
+            "--locales=", "--fonts=", "--themes=",
+            f"boot/grub/grub.cfg={work / 'grub.cfg'}",
+        ],
+        what="making the EFI boot loader",
+    )  # fmt: skip
+    with dest.open("wb") as f:
+        f.truncate(EFI_IMAGE_KIB * 1024)
+    image = ["-i", str(dest)]
+    _run(["mformat", *image, "::"], what="formatting the EFI system partition")
+    _run(["mmd", *image, "::/EFI", "::/EFI/BOOT"], what="making the EFI system partition's directories")
+    _run(["mcopy", *image, str(loader), "::/EFI/BOOT/BOOTX64.EFI"], what="copying the EFI boot loader")

@@ -65,9 +65,9 @@ def configdrive_seed(
     return write_iso(dest, CONFIGDRIVE_LABEL, files)
 
 
-def write_iso(dest: Path, volume_id: str, files: Mapping[str, str]) -> Path:
-    """An ISO 9660 image at ``dest`` labelled ``volume_id`` holding ``files`` (path -> text; ``/`` makes
-    directories), with Rock Ridge and Joliet names. Written to a temporary name, then renamed."""
+def write_iso(dest: Path, volume_id: str, files: Mapping[str, str | bytes]) -> Path:
+    """An ISO 9660 image at ``dest`` labelled ``volume_id`` holding ``files`` (path -> text or bytes; ``/``
+    makes directories), with Rock Ridge and Joliet names. Written to a temporary name, then renamed."""
     import pycdlib  # a few ms to import: only when a seed is written
 
     iso = pycdlib.PyCdlib()
@@ -80,7 +80,7 @@ def write_iso(dest: Path, volume_id: str, files: Mapping[str, str]) -> Path:
             if directory not in iso_dirs:
                 iso_dirs[directory] = f"{iso_dirs['/'.join(parts[: depth - 1])]}/D{len(iso_dirs):07d}"
                 iso.add_directory(iso_dirs[directory], rr_name=parts[depth - 1], joliet_path="/" + directory)
-        data = text.encode()
+        data = text.encode() if isinstance(text, str) else text
         iso.add_fp(
             io.BytesIO(data),
             len(data),

@@ -162,6 +162,11 @@ class RunPaths:
         return self.directory / "vnc.sock"
 
     @property
+    def qga(self) -> Path:
+        """The guest agent channel's socket (QEMU listens; :mod:`kubevisor.virt.guestagent` connects)."""
+        return self.directory / "qga.sock"
+
+    @property
     def pidfile(self) -> Path:
         """QEMU's pidfile."""
         return self.directory / "qemu.pid"
@@ -211,3 +216,7 @@ class Domain:
     """Start with vCPUs stopped (``-S``): the driver connects to the console and QMP, then ``cont``."""
     acpi: bool = True
     """ACPI (needed for a clean ``system_powerdown``)."""
+    rng: bool = False
+    """A virtio-rng device fed from the host's ``/dev/urandom`` (KubeVirt ``devices.rng``)."""
+    guest_agent: bool = True
+    """A virtio-serial port ``org.qemu.guest_agent.0`` on ``run.qga`` for qemu-ga, as KubeVirt always adds."""

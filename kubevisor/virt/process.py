@@ -6,6 +6,8 @@ Invariants:
   signals to the agent's group do not reach it, and stopping it signals its whole group.
 - A process is found again only by its pidfile *and* its ``/proc/<pid>/cmdline`` holding a marker the
   caller chose (e.g. its QMP socket path): a stale pidfile whose pid was reused is never mistaken for it.
+- A process spawned into a cgroup is in it before it runs a single instruction of its own program (a
+  shell writes its pid to the cgroup, then execs it; see :mod:`kubevisor.virt.cgroups`).
 - A zombie counts as exited. This module reaps the children it spawned (keeping their exit status for
   :func:`exit_status`); an adopted process whose parent does not reap (PID 1 on these machines does not)
   stays a zombie, which is still "not running".
@@ -47,9 +49,16 @@ _DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.S
 _exit_statuses: dict[int, int] = {}
 
 
-def spawn(argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None) -> int:
+# $0 is the cgroup.procs file, "$@" the program: no data in the script itself.
+_ENTER_CGROUP = 'echo $$ >"$0" && exec "$@"'
+
+
+def spawn(
+    argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None, cgroup: Path | None = None
+) -> int:
     """Start ``argv`` in a new session, stdin from /dev/null, stdout and stderr appended to ``log_path``,
-    no signal blocked or ignored.
+    no signal blocked or ignored; with ``cgroup`` (a cgroup directory), inside that cgroup from its first
+    instruction (``sh`` enters it, then execs ``argv``: the pid stays the same).
 
     Returns the pid. The process is this process's child: :func:`is_running`, :func:`wait_exit` and
     :func:`terminate` reap it.
@@ -57,12 +66,17 @@ def spawn(argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = N
     executable = shutil.which(argv[0])
     if executable is None:
         raise FileNotFoundError(f"{argv[0]} is not installed (or not on PATH); run `make install`")
+    args = list(argv)
+    if cgroup is not None:
+        shell = shutil.which("sh") or "/bin/sh"
+        args = ["sh", "-c", _ENTER_CGROUP, str(cgroup / "cgroup.procs"), executable, *args[1:]]
+        executable = shell
     out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
         return os.posix_spawn(
             executable,
-            list(argv),
+            args,
             os.environ if env is None else env,
             file_actions=[
                 (os.POSIX_SPAWN_DUP2, devnull, 0),

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubevisor.virt.domain import Disk, Domain, Nic
+from kubevisor.virt.domain import Disk, Domain, Nic, RunPaths
 
 __all__ = [
     "MAX_SOCKET_PATH",
@@ -96,6 +96,12 @@ def drive_node(index: int) -> str:
     return f"drive-{index}"
 
 
+TCG_TB_SIZE_MIB = 64
+"""TCG's translation cache in MiB. QEMU's default is an eighth of the host's memory, up to 1 GiB, touched as
+guest code is translated: bounded, so that a guest's memory cgroup limit (:mod:`kubevisor.virt.cgroups`)
+can count it; 64 MiB holds the hot code of a small guest (a full cache is flushed and refilled)."""
+
+
 def command(domain: Domain, *, binary: str = QEMU_BINARY) -> list[str]:
     """The full argument list (``argv[0]`` is ``binary``) that runs ``domain``."""
     _validate(domain)
@@ -108,7 +114,7 @@ def command(domain: Domain, *, binary: str = QEMU_BINARY) -> list[str]:
         "-sandbox", SANDBOX,
         "-msg", "timestamp=on",
         "-machine", _machine(domain),
-        "-accel", domain.accel,
+        "-accel", f"tcg,tb-size={TCG_TB_SIZE_MIB}" if domain.accel == "tcg" else domain.accel,
         "-m", f"size={domain.memory_mib}M",
         "-smp", _smp(domain),
         "-display", "none",
@@ -138,7 +144,29 @@ def command(domain: Domain, *, binary: str = QEMU_BINARY) -> list[str]:
         argv += _nic(index, nic)
     if domain.graphics:
         argv += ["-device", _json({"driver": "VGA", "id": "video0"}), "-vnc", f"unix:{_esc(str(run.vnc))}"]
+    if domain.rng:
+        argv += [
+            "-object", _json({"qom-type": "rng-random", "id": "rng0", "filename": "/dev/urandom"}),
+            "-device", _json({"driver": "virtio-rng-pci", "rng": "rng0", "id": "rng0-dev"}),
+        ]  # fmt: skip
+    if domain.guest_agent:
+        argv += _guest_agent_channel(run)
     return argv
+
+
+GUEST_AGENT_PORT_ID = "channel-qga"
+"""The virtserialport's id: QMP's ``VSERPORT_CHANGE`` event names it when qemu-ga opens or closes it."""
+
+
+def _guest_agent_channel(run: RunPaths) -> list[str]:
+    return [
+        "-chardev", f"socket,id=qga0,path={_esc(str(run.qga))},server=on,wait=off",
+        "-device", _json({"driver": "virtio-serial-pci", "id": "virtio-serial0"}),
+        "-device", _json({
+            "driver": "virtserialport", "bus": "virtio-serial0.0", "chardev": "qga0",
+            "name": "org.qemu.guest_agent.0", "id": GUEST_AGENT_PORT_ID,
+        }),
+    ]  # fmt: skip
 
 
 # --- validation ---------------------------------------------------------------------------------------
@@ -151,6 +179,7 @@ def _validate(domain: Domain) -> None:
     if min(cpu.sockets, cpu.cores, cpu.threads) < 1:
         raise DomainError(f"domain {domain.name}: cpu sockets, cores and threads must each be at least 1")
     sockets = [domain.run.qmp, domain.run.serial] + ([domain.run.vnc] if domain.graphics else [])
+    sockets += [domain.run.qga] if domain.guest_agent else []
     for path in sockets:
         if len(str(path).encode()) > MAX_SOCKET_PATH:
             raise DomainError(

@@ -6,7 +6,9 @@ never through a shell, and raise :class:`ImageError` carrying ``qemu-img``'s own
 
 Overlays: a qcow2 file whose backing file is a shared, read-only image (a containerDisk from the node's
 image cache or mirror). The guest writes into the overlay; the base is never written, so every VM using it
-can share it, and deleting the VM's run directory discards what the guest wrote.
+can share it, and deleting the VM's run directory discards what the guest wrote. An empty overlay on a raw
+or qcow2 image is written directly (:mod:`kubevisor.virt.qcow2`: no qemu-img process on a VM's start path);
+qemu-img makes every other one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import asyncio
 import json
 from pathlib import Path
 from typing import Any, Literal
+
+from kubevisor.virt import qcow2
 
 __all__ = [
     "QEMU_IMG",
@@ -84,12 +88,48 @@ async def create(path: Path, fmt: ImageFormat, size_bytes: int) -> Path:
     return path
 
 
-async def overlay(path: Path, backing: Path) -> Path:
-    """Create a qcow2 overlay at ``path`` on ``backing`` (its format detected); returns ``path``."""
+_detected_formats: dict[tuple[Path, int, int, int], str] = {}
+"""Formats :func:`overlay` detected, by (path, inode, size, mtime): VMs started from one read-only image (a
+containerDisk) probe it once, not once per start (a ``qemu-img info`` is ~10 ms of a VM's start)."""
+
+
+async def overlay(path: Path, backing: Path, *, backing_format: ImageFormat | None = None) -> Path:
+    """Create a qcow2 overlay at ``path`` on ``backing``; returns ``path``. The backing file's format is
+    ``backing_format``, else detected (once per unchanged file): pass it for images a guest writes (never
+    probe those)."""
     backing = _absolute(backing)
-    fmt = str((await info(backing)).get("format") or "raw")
+    fmt = backing_format or await _detect_format(backing)
+    if _write_overlay(path, backing, fmt):
+        return path
     await _run(overlay_argv(path, backing, fmt), f"creating overlay {path} on {backing}")
     return path
+
+
+def _write_overlay(path: Path, backing: Path, fmt: str) -> bool:
+    """The overlay written without starting qemu-img (:mod:`kubevisor.virt.qcow2`), when that is simple."""
+    try:
+        return qcow2.write_overlay(path, backing, fmt)
+    except OSError:
+        return False  # qemu-img tries, and says what is wrong
+
+
+def _format_key(path: Path) -> tuple[Path, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+async def _detect_format(path: Path) -> str:
+    key = _format_key(path)
+    if key is None:
+        return str((await info(path)).get("format") or "raw")  # qemu-img says what is wrong
+    fmt = _detected_formats.get(key)
+    if fmt is None:
+        fmt = str((await info(path)).get("format") or "raw")
+        _detected_formats[key] = fmt
+    return fmt
 
 
 def _exists(path: Path) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -33,6 +34,10 @@ from qemu.qmp import (
 __all__ = ["EventListener", "QmpError", "Session"]
 
 RETRY_INTERVAL = 0.05
+FAST_RETRY_INTERVAL = 0.005
+FAST_RETRY_PERIOD = 1.0
+"""For its first second a connect retries every 5 ms: a starting QEMU opens its socket ~50 ms after exec and
+waits paused (``-S``) until the driver connects, so every ms of polling delay is a ms of start latency."""
 
 
 class QmpError(Exception):
@@ -50,22 +55,29 @@ class Session:
     async def connect(self, timeout: float = 10.0, *, alive: Callable[[], bool] | None = None) -> None:
         """Connect, retrying until the socket answers or ``timeout`` seconds pass; stop early when
         ``alive()`` says the QEMU process is gone."""
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while True:
             error: Exception | None = None
             if _exists(self.socket):  # the library logs every failed attempt as an error: avoid the noise
+                logger = self._client.logger  # and a socket bound but not yet listening is refused: quiet
+                level = logger.level
+                logger.setLevel(logging.CRITICAL)
                 try:
                     await self._client.connect(str(self.socket))
                     return
                 except ConnectError as e:
                     error = e
+                finally:
+                    logger.setLevel(level)
             if alive is not None and not alive():
                 raise QmpError(f"QMP {self.socket}: QEMU exited before it answered") from error
             if time.monotonic() >= deadline:
                 raise QmpError(
                     f"QMP {self.socket}: not reachable after {timeout:g} s: {error or 'no socket'}"
                 ) from error
-            await asyncio.sleep(RETRY_INTERVAL)
+            fast = time.monotonic() - started < FAST_RETRY_PERIOD
+            await asyncio.sleep(FAST_RETRY_INTERVAL if fast else RETRY_INTERVAL)
 
     async def execute(self, command: str, arguments: Mapping[str, object] | None = None) -> Any:
         """Run a QMP command and return its ``return`` value."""

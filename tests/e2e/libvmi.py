@@ -19,7 +19,7 @@ from kubevisor.api.registry import Obj
 from kubevisor.client import Client, NotFoundError
 from kubevisor.client.requesting import ResourceClient
 from kubevisor.testing import guest
-from kubevisor.virt import process
+from kubevisor.virt import cgroups, process
 
 KV = "kubevirt.io/v1"
 IMAGE = "registry.local/kubevisor/test-guest:latest"
@@ -176,10 +176,13 @@ def qemu_pids(data_dir: Path) -> list[int]:
 
 
 def kill_qemus(data_dir: Path) -> list[int]:
-    """SIGKILL every QEMU of ``data_dir`` (test clean-up: QEMUs outlive the platform by design)."""
+    """SIGKILL every QEMU of ``data_dir`` and remove their memory cgroups (test clean-up: QEMUs outlive the
+    platform by design)."""
     pids = qemu_pids(data_dir)
     for pid in pids:
         process.kill(pid)  # its process group, then reaped (this test process spawned it)
+    for record in data_dir.glob("vms/*/*/cgroup"):  # their memory cgroups (the agent records where)
+        cgroups.remove(Path(record.read_text().strip()))
     return pids
 
 

@@ -169,6 +169,16 @@ async def test_vm_runs_stops_and_starts_again(plat: Platform, client: Client, da
     assert host_disk.stat().st_size == 32 * 1024 * 1024
     await libvmi.vm_printable(client, name, "Running")
 
+    # the guest runs qemu-ga: AgentConnected and guestOSInfo, as KubeVirt shows them
+    def agent_connected(o: dict[str, object]) -> bool:
+        conditions = (o.get("status") or {}).get("conditions") or []  # type: ignore[attr-defined]
+        return any(c["type"] == "AgentConnected" and c["status"] == "True" for c in conditions)
+
+    vmi = await libvmi.until(lambda: libvmi.get_or_empty(vmis, name), agent_connected, 60, "AgentConnected")
+    assert vmi["status"]["guestOSInfo"]["id"] == "kubevisor-guest"
+    assert vmi["status"]["guestOSInfo"]["prettyName"] == "kubevisor test guest 1"
+    assert "AgentConnected" in [e["reason"] for e in await libvmi.events_for(client, name)]
+
     # the QEMU: sandboxed, its own process group
     pid = libvmi.qemu_pid(data_dir, name)
     assert pid is not None

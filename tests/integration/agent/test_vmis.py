@@ -93,7 +93,7 @@ def _is_there(path: Path) -> bool:
 
 async def test_a_missing_image_is_reported_and_deleting_still_works(client: Client, data_dir: Path) -> None:
     vmis = client.resource(KV, "virtualmachineinstances")
-    await vmis.create(vmi("noimage", {"containerDisk": {"image": "quay.io/nobody/nothing:1"}}), "default")
+    await vmis.create(vmi("noimage", {"containerDisk": {"image": "127.0.0.1:9/nobody/nothing:1"}}), "default")
     found = await until(lambda: events(client, "noimage", "ErrImagePull"), bool, 15, "an ErrImagePull Event")
     message = found[0]["message"]
     assert "spec.volumes[0].containerDisk.image" in message and "--image-mirror" in message
@@ -110,7 +110,7 @@ async def test_a_missing_image_is_reported_and_deleting_still_works(client: Clie
 @pytest.mark.parametrize(
     ("volume", "field"),
     [
-        ({"persistentVolumeClaim": {"claimName": "data"}}, "spec.volumes[0].persistentVolumeClaim"),
+        ({"sysprep": {"configMap": {"name": "unattend"}}}, "spec.volumes[0].sysprep"),
         (
             {"hostDisk": {"path": "/etc/passwd", "type": "Disk"}},
             "spec.volumes[0].hostDisk: hostDisk volumes are disabled",

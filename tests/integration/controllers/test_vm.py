@@ -1,6 +1,7 @@
 """The VM and VMI controllers against the real API server: runStrategy, scheduling, printableStatus.
 
-No node agent runs here: the test plays its part by writing VMI phases, as virt-handler would.
+No node agent runs here: the test plays its part by writing VMI phases, as virt-handler would, and
+:class:`FakeAgent` removes the agent's finalizer from deleted VMIs (their guests are not running anyway).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from kubevisor.api.kubevirt_admission import NODE_AGENT_FINALIZER
 from kubevisor.api.registry import Obj
 from kubevisor.client import Client, ConflictError, NotFoundError
 from kubevisor.controllers import GarbageCollector
+from kubevisor.controllers.reconciling import Controller, Result
 from kubevisor.controllers.vm import VirtualMachineController
 from kubevisor.controllers.vmi import Scheduler, VirtualMachineInstanceController
 from kubevisor.platform import Platform
@@ -21,11 +24,32 @@ from tests.integration.client.libcluster import gone, until
 KV = "kubevirt.io/v1"
 
 
+class FakeAgent(Controller):
+    """Plays the node agent at deletion: removes its finalizer from a deleted VMI bound to a node."""
+
+    name = "fake-agent"
+
+    def setup(self) -> None:
+        self.vmis = self.client.resource(KV, "virtualmachineinstances")
+        self.informer = self.watch(self.vmis)
+
+    async def reconcile(self, key: str) -> Result | None:
+        vmi = self.informer.get(key)
+        if vmi is None or not vmi["metadata"].get("deletionTimestamp"):
+            return None
+        finalizers = vmi["metadata"].get("finalizers") or []
+        if NODE_AGENT_FINALIZER in finalizers and (vmi.get("status") or {}).get("nodeName"):
+            vmi["metadata"]["finalizers"] = [f for f in finalizers if f != NODE_AGENT_FINALIZER]
+            await self.vmis.update(vmi)
+        return None
+
+
 @pytest.fixture
 async def controllers(client: Client, cluster: Platform) -> AsyncIterator[None]:
     async with (
         VirtualMachineController(client),
         VirtualMachineInstanceController(client),
+        FakeAgent(client),
         GarbageCollector(client, cluster.registry, recheck_interval=0.2),
     ):
         yield

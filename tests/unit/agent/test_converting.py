@@ -15,7 +15,7 @@ from kubevisor.agent.converting import ConversionError, PreparedVolume
 from kubevisor.api.kubevirt_admission import default_vmi_spec
 from kubevisor.network import bindings
 from kubevisor.virt import qemucmd
-from kubevisor.virt.domain import Cpu, Domain, Firmware, RunPaths
+from kubevisor.virt.domain import Cpu, Domain, Firmware, KernelBoot, RunPaths
 
 RUN = RunPaths(Path("/data/vms/default/vm1"))
 UID = "6f1c1a2e-0000-4000-8000-000000000001"
@@ -64,7 +64,7 @@ def test_minimal_vmi() -> None:
     assert dom.machine == "q35"
     assert dom.accel == "tcg"
     assert dom.uuid == raw["domain"]["firmware"]["uuid"]  # defaulted by the apiserver
-    assert dom.acpi and dom.start_paused and dom.serial_log and not dom.graphics
+    assert dom.acpi and dom.start_paused and dom.serial_log and dom.graphics  # autoattachGraphicsDevice: true
     assert dom.firmware == Firmware()
     (disk,) = dom.disks
     assert (disk.name, disk.path, disk.bus, disk.format, disk.readonly, disk.cdrom) == (
@@ -236,10 +236,14 @@ def test_uefi_needs_ovmf() -> None:
     assert converting.wants_uefi(converting.parse_spec(secure)) == (True, True)  # KubeVirt's EFI default
 
 
-def test_kernel_boot_is_refused() -> None:
+def test_kernel_boot_uses_the_prepared_kernel() -> None:
     raw = spec(firmware={"kernelBoot": {"container": {"image": "k"}, "kernelArgs": "console=ttyS0"}})
-    with pytest.raises(ConversionError, match=r"spec\.domain\.firmware\.kernelBoot: .*boot from a disk"):
+    with pytest.raises(
+        ConversionError, match=r"spec\.domain\.firmware\.kernelBoot: the kernel was not prepared"
+    ):
         convert(raw)
+    boot = KernelBoot(Path("/images/k/vmlinuz"), Path("/images/k/initrd.img"), "console=ttyS0")
+    assert convert(raw, kernel_boot=boot).kernel_boot == boot
 
 
 def test_hostname_as_kubevirt_sets_it() -> None:

@@ -193,11 +193,9 @@ async def test_a_failed_prepare_leaves_nothing(tmp_path: Path, base_image: Path)
     spec = vmi_spec(
         {"name": "root", "containerDisk": {"image": IMAGE}},
         {"name": "new", "hostDisk": {"path": str(created), "type": "DiskOrCreate", "capacity": "1Mi"}},
-        {"name": "pvc", "persistentVolumeClaim": {"claimName": "data"}},
+        {"name": "sys", "sysprep": {"configMap": {"name": "unattend"}}},
     )
-    with pytest.raises(
-        preparing.PrepareError, match=r"spec\.volumes\[2\]\.persistentVolumeClaim: .*not supported"
-    ):
+    with pytest.raises(preparing.PrepareError, match=r"spec\.volumes\[2\]\.sysprep: .*not supported"):
         await prepare(tmp_path, spec, {IMAGE: base_image})
     assert list((tmp_path / "run").iterdir()) == []
     assert not created.exists()

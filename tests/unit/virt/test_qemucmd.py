@@ -16,7 +16,8 @@ RUN = RunPaths(Path("/run/kv/vm1"))
 
 
 def domain(**kwargs: Any) -> Domain:
-    fields: dict[str, Any] = {"name": "default_vm1", "run": RUN, "memory_mib": 256}
+    """A domain without the guest agent channel (its devices are tested once, below) unless asked."""
+    fields: dict[str, Any] = {"name": "default_vm1", "run": RUN, "memory_mib": 256, "guest_agent": False}
     fields.update(kwargs)
     return Domain(**fields)
 
@@ -35,14 +36,14 @@ def blockdevs(argv: list[str]) -> list[dict[str, Any]]:
 
 
 def test_defaults_isolate_sandbox_and_start_paused_with_sockets() -> None:
-    argv = qemucmd.command(domain())
+    argv = qemucmd.command(Domain(name="default_vm1", run=RUN, memory_mib=256))
     assert argv[0] == "qemu-system-x86_64"
     for flag in ("-nodefaults", "-no-user-config", "-S"):
         assert flag in argv
     assert "-daemonize" not in argv
     assert values(argv, "-sandbox") == [qemucmd.SANDBOX]
     assert values(argv, "-sandbox")[0].startswith("on,")
-    assert values(argv, "-accel") == ["tcg"]
+    assert values(argv, "-accel") == [f"tcg,tb-size={qemucmd.TCG_TB_SIZE_MIB}"]  # bounded: see cgroups
     assert values(argv, "-machine") == ["q35,acpi=on"]
     assert values(argv, "-m") == ["size=256M"]
     assert values(argv, "-smp") == ["cpus=1,sockets=1,cores=1,threads=1"]
@@ -58,7 +59,30 @@ def test_defaults_isolate_sandbox_and_start_paused_with_sockets() -> None:
         "logfile=/run/kv/vm1/serial.log,logappend=on"
     ) in chardevs
     assert values(argv, "-mon") == ["chardev=qmp,mode=control"]
-    assert devices(argv) == [{"driver": "isa-serial", "chardev": "serial0", "id": "serial0"}]
+    assert devices(argv) == [
+        {"driver": "isa-serial", "chardev": "serial0", "id": "serial0"},
+        {"driver": "virtio-serial-pci", "id": "virtio-serial0"},
+        {
+            "driver": "virtserialport",
+            "bus": "virtio-serial0.0",
+            "chardev": "qga0",
+            "name": "org.qemu.guest_agent.0",
+            "id": qemucmd.GUEST_AGENT_PORT_ID,
+        },
+    ]
+    assert "socket,id=qga0,path=/run/kv/vm1/qga.sock,server=on,wait=off" in chardevs
+
+
+def test_without_guest_agent_channel_and_with_rng() -> None:
+    argv = qemucmd.command(domain(guest_agent=False, rng=True))
+    assert not any("qga" in v for v in values(argv, "-chardev"))
+    assert devices(argv) == [
+        {"driver": "isa-serial", "chardev": "serial0", "id": "serial0"},
+        {"driver": "virtio-rng-pci", "rng": "rng0", "id": "rng0-dev"},
+    ]
+    assert [json.loads(v) for v in values(argv, "-object")] == [
+        {"qom-type": "rng-random", "id": "rng0", "filename": "/dev/urandom"}
+    ]
 
 
 def test_kvm_uses_the_host_cpu_unless_a_model_is_given() -> None:
