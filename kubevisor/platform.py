@@ -7,6 +7,10 @@ directory gets the cluster PKI and an admin kubeconfig; later starts reuse them.
 The node agent (``agent=True``; ``kubevisor up`` turns it on, tests that boot no guest leave it off)
 starts after the controllers and stops first. Stopping the platform never stops a guest: QEMUs outlive
 it, and the agent of the next start adopts them.
+
+On the first start the platform creates the default StorageClass ``local`` (provisioner
+``kubevisor.io/local``, WaitForFirstConsumer, reclaimPolicy Delete, expandable); a marker file in the data
+directory records that it did, so a class the administrator deleted or changed is left alone.
 """
 
 from __future__ import annotations
@@ -111,11 +115,34 @@ class Platform:
         self._server = Server(self.app, listener, self.pki.server_ssl_context())
         self._serve_task = asyncio.create_task(self._server.serve(), name="apiserver")
         await self._server.wait_started()
+        await self._default_storage_class()
         if self.run_controllers:
             await self._start_controllers()
         if self.run_agent:
             await self._start_agent()
         log.info("kubevisor API server listening on %s", self.url)
+
+    async def _default_storage_class(self) -> None:
+        marker = self.data_dir / "default-storageclass-created"
+        if marker.exists() or self.registry.get("storage.k8s.io", "v1", "storageclasses") is None:
+            return
+        from kubevisor.api import storage
+        from kubevisor.client import errors
+        from kubevisor.client.requesting import Client
+
+        body = {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": "local", "annotations": {storage.DEFAULT_CLASS_ANNOTATION: "true"}},
+            "provisioner": storage.LOCAL_PROVISIONER,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "WaitForFirstConsumer",
+            "allowVolumeExpansion": True,
+        }
+        async with Client.from_kubeconfig(self.kubeconfig, registry=self.registry) as client:
+            with contextlib.suppress(errors.AlreadyExistsError):
+                await client.resource("storage.k8s.io/v1", "storageclasses").create(body)
+        marker.write_text("the default StorageClass 'local' was created; delete this file to recreate it\n")
 
     async def _start_controllers(self) -> None:
         try:

@@ -15,6 +15,8 @@ provisioners come later and will produce volumes of the same shape):
   :class:`ClaimError`, which fails the VMI with a message saying what to do.
 - The path is the disk image itself, or a directory holding ``disk.img``, as KubeVirt's filesystem-mode
   claims do; a missing ``disk.img`` is created sparse, of the volume's capacity (KubeVirt does the same).
+- A claim a DataVolume imports into (annotation ``cdi.kubevirt.io/storage.import.source``) waits until
+  the import has succeeded (``cdi.kubevirt.io/storage.pod.phase`` = ``Succeeded``): :class:`ClaimNotReady`.
 - The image is raw unless the PersistentVolume carries the annotation :data:`FORMAT_ANNOTATION`, which
   kubevisor's provisioners set (a PersistentVolume is cluster-scoped: only an administrator writes it).
   It is never format-probed: a guest writes into a raw image, and could write a qcow2 header pointing at
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from kubevisor.api import cdi
 from kubevisor.api.kubevirt_admission import parse_quantity
 from kubevisor.virt import qemuimg
 from kubevisor.virt.process import Reverter
@@ -135,6 +138,14 @@ async def resolve(
             "PvcNotBound",
             f"{field}: PersistentVolumeClaim {claim!r} is {phase}, not Bound; create a PersistentVolume "
             "that matches it (the VMI starts once the claim is bound)",
+        )
+    importing = _get(pvc, "metadata", "annotations", cdi.IMPORT_SOURCE_ANNOTATION)
+    imported = _get(pvc, "metadata", "annotations", cdi.POD_PHASE_ANNOTATION)
+    if importing and imported != "Succeeded":
+        raise ClaimNotReady(
+            "DataVolumeNotReady",
+            f"{field}: PersistentVolumeClaim {claim!r} is being filled by a DataVolume import "
+            f"({imported or 'not started'}); the VMI starts once the DataVolume has Succeeded",
         )
     pv = await read("persistentvolumes", str(volume_name))
     ref = (_get(pv, "spec", "claimRef") or {}) if pv is not None else {}

@@ -283,4 +283,5 @@ def domain(
         start_paused=True,
         acpi=acpi is None or acpi.enabled is not False,
         rng=devices.rng is not None,
+        hotplug=not devices.disable_hotplug,  # room for kubevisor.agent.hotplug
     )

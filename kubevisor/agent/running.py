@@ -22,10 +22,13 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Literal
 
-from kubevisor.agent import networking, serving
+from kubevisor.agent import networking, serving, uploading
+from kubevisor.agent.importing import Importer
 from kubevisor.agent.node import NodeRegistration
 from kubevisor.agent.preparing import NodeStorage
+from kubevisor.agent.snapshots import SnapshotAgent
 from kubevisor.agent.vmis import VmiController
+from kubevisor.agent.volumes import LocalVolumes
 from kubevisor.api.registry import Registry
 from kubevisor.client.requesting import Client
 from kubevisor.storage import registry
@@ -102,9 +105,15 @@ class Agent:
         self.accel: Accel = "tcg"
         self.node: NodeRegistration | None = None
         self.vmis: VmiController | None = None
+        self.snapshots: SnapshotAgent | None = None
+        """Takes and restores the data of VM snapshots on this node."""
         self.server: serving.AgentServer | None = None
         self.pod_network: networking.PodNetwork | None = None
         """The node's pod network, when ``config.pod_network`` is on."""
+        self.volumes: LocalVolumes | None = None
+        """The node's local volumes (the images of the local storage class)."""
+        self.importer: Importer | None = None
+        """The node's DataVolume imports."""
 
     async def detect_accel(self) -> Accel:
         """KVM or TCG for this node's guests (see the module docstring)."""
@@ -159,6 +168,9 @@ class Agent:
                 allowed_clients=cfg.allowed_clients,
                 guest_os_info=self.vmis.guest_os_info,
                 netns=cfg.network_namespace,
+                uploads=uploading.UploadReceiver(
+                    self.client, node=cfg.node_name, volume_dirs=(cfg.data_dir / "volumes", *cfg.volume_dirs)
+                ),
             )
             await self.server.start()
             endpoint = (cfg.address or _published_address(host), self.server.port)
@@ -171,15 +183,35 @@ class Agent:
             endpoint=endpoint,
         )
         await self.node.start()
+        self.volumes = LocalVolumes(self.client, node=cfg.node_name, volume_dir=cfg.data_dir / "volumes")
+        await self.volumes.start()
+        self.importer = Importer(
+            self.client, node=cfg.node_name, volumes=self.volumes, image_cache=self.vmis.storage.image_cache
+        )
+        await self.importer.start()
         await self.vmis.start()
+        self.snapshots = SnapshotAgent(
+            self.client,
+            node=cfg.node_name,
+            data_dir=cfg.data_dir,
+            vmis=self.vmis,
+            volume_dirs=(cfg.data_dir / "volumes", *cfg.volume_dirs),
+        )
+        await self.snapshots.start()
         log.info("node agent %s running (%s)", cfg.node_name, self.accel)
 
     async def stop(self) -> None:
         """Stop watching and heartbeating; running guests keep running."""
         if self.server is not None:
             await self.server.stop()
+        if self.snapshots is not None:
+            await self.snapshots.stop()
         if self.vmis is not None:
             await self.vmis.stop()
+        if self.importer is not None:
+            await self.importer.stop()
+        if self.volumes is not None:
+            await self.volumes.stop()
         if self.node is not None:
             await self.node.stop()
         if self.pod_network is not None:

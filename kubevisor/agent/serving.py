@@ -21,6 +21,9 @@ path                            method     what
 ``{vmi}/guestosinfo``           GET        the guest agent's OS info, 409 while no guest agent answers
 ==============================  =========  =============================================================
 
+``PUT /v1/namespaces/{namespace}/persistentvolumeclaims/{name}/upload``: an image upload into a claim
+whose volume is on this node (:mod:`kubevisor.agent.uploading`).
+
 Errors are ``Status`` bodies (code, reason, message naming the VMI) that the apiserver passes on; for a
 websocket they are the HTTP answer to the upgrade request.
 """
@@ -200,6 +203,7 @@ class AgentServer:
         allowed_clients: tuple[str, ...] = (APISERVER_CLIENT_NAME,),
         guest_os_info: GuestOsInfo | None = None,
         netns: str | None = None,
+        uploads: Callable[[Request], Awaitable[Response]] | None = None,
     ) -> None:
         self.runtime = runtime
         self.vmis = vmis
@@ -212,6 +216,8 @@ class AgentServer:
         """The hook of the guest agent; None: no guest agent support, guestosinfo answers 409."""
         self.netns = netns
         """The network namespace the VMIs' addresses are reached from (the pod network's); None: ours."""
+        self.uploads = uploads
+        """Receives image uploads (:class:`kubevisor.agent.uploading.UploadReceiver`); None: 503."""
         self.port = 0
         self._consoles: set[str] = set()
         self._server: uvicorn.Server | None = None
@@ -227,6 +233,11 @@ class AgentServer:
                 WebSocketRoute(vmi + "/vnc", self._vnc),
                 WebSocketRoute(vmi + "/portforward/{port:int}", self._portforward),
                 WebSocketRoute(vmi + "/portforward/{port:int}/{protocol}", self._portforward),
+                Route(
+                    "/v1/namespaces/{namespace}/persistentvolumeclaims/{name}/upload",
+                    self._upload,
+                    methods=["PUT"],
+                ),
             ]
         )
 
@@ -342,6 +353,11 @@ class AgentServer:
         await _pipe(ws, reader, writer)
 
     # --- endpoints ----------------------------------------------------------------------------------
+
+    async def _upload(self, request: Request) -> Response:
+        if self.uploads is None:
+            return StreamError(503, "ServiceUnavailable", "this node agent receives no uploads").response()
+        return await self.uploads(request)
 
     async def _healthz(self, request: Request) -> Response:
         return Response(b"ok", media_type="text/plain")

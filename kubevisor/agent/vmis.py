@@ -35,7 +35,8 @@ Invariants:
 
 Owner of, in the VMI's status (from Scheduled on): ``phase``, the ``Ready``, ``LiveMigratable`` and
 ``Paused`` conditions, ``interfaces``, ``machine``, and the Running/Succeeded/Failed
-``phaseTransitionTimestamps``.
+``phaseTransitionTimestamps``; and the hotplugged volumes' ``volumeStatus`` entries
+(:mod:`kubevisor.agent.hotplug`, run last in a Running VMI's reconcile).
 
 Network: with the node's pod network on (:mod:`kubevisor.agent.networking`), the VMI's pod interface is
 attached (IP, tap, DHCP lease, masquerade entries) before QEMU starts, undone with the rest on failure,
@@ -73,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubevisor.agent import converting, guestagents, networking, preparing
+from kubevisor.agent import converting, guestagents, hotplug, networking, preparing
 from kubevisor.api.kubevirt import VirtualMachineInstanceSpec
 from kubevisor.api.kubevirt_admission import NODE_AGENT_FINALIZER, parse_quantity
 from kubevisor.api.registry import Obj
@@ -84,7 +85,7 @@ from kubevisor.client.requesting import Client, ResourceClient
 from kubevisor.controllers.reconciling import Controller, Result, TemporaryError
 from kubevisor.network import bindings
 from kubevisor.network.errors import NetworkError
-from kubevisor.virt import cgroups, guestagent, process, qemucmd
+from kubevisor.virt import cgroups, cpuweights, guestagent, process, qemucmd
 from kubevisor.virt.domain import Accel, Domain, RunPaths
 from kubevisor.virt.qmp import EventListener, QmpError, Session
 
@@ -244,6 +245,8 @@ class VmiController(Controller):
         """What runs, by VMI key (adopted or started by this agent)."""
         self._informer: Informer | None = None
         self.cgroups = cgroups.detect()
+        self.guest_cpu = cpuweights.detect()
+        """Where running guests go to rank below the node's services for CPU (cgroup v1)."""
         """Where QEMU's memory cgroups go; ``None`` when cgroups cannot be written here."""
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -339,6 +342,7 @@ class VmiController(Controller):
             guest = Guest(key=key, uid=uid, pid=pid, run=run, adopted=True)
             await self._connect(guest, ADOPT_CONNECT_TIMEOUT)
             self._track(guest)
+            self._lower_cpu_priority(guest)
             try:
                 await self._restore_network(guest)
             except NetworkError as e:  # retried when its key is reconciled
@@ -512,6 +516,7 @@ class VmiController(Controller):
                     await self._restore_network(guest)  # a NetworkError requeues with backoff
                 await self._sync_paused(vmi, guest)
                 await self._sync_guest_agent(vmi, guest)
+                await self._sync_hotplug(vmi, guest)
             return None
         if phase != "Scheduled":
             return None
@@ -653,6 +658,7 @@ class VmiController(Controller):
             guest = Guest(key=key, uid=uid, pid=pid, run=run, adopted=True)
             await self._connect(guest, ADOPT_CONNECT_TIMEOUT)
             self._track(guest)
+            self._lower_cpu_priority(guest)
             await self._restore_network(guest)
             await self._resume_if_launching(guest)
             return guest, None
@@ -726,9 +732,22 @@ class VmiController(Controller):
             except QmpError as e:
                 raise StartError(f"{e}; QEMU said: {_tail(run.qemu_log)}") from e
             revert.success()
+        self._lower_cpu_priority(guest)
         self._follow_guest_agent(guest)
         self._track(guest)
         return guest, domain
+
+    def _lower_cpu_priority(self, guest: Guest) -> None:
+        """A running guest ranks below the node's services for CPU (:mod:`kubevisor.virt.cpuweights`);
+        done after ``cont``, so QEMU's start-up keeps the agent's priority."""
+        if self.guest_cpu is not None:
+            self.guest_cpu.demote(guest.pid)
+            return
+        if self.cgroups is not None and self.cgroups.version == 2:
+            with contextlib.suppress(OSError):
+                recorded = Path((guest.run.directory / CGROUP_RECORD).read_text().strip())
+                if recorded.is_absolute():
+                    cpuweights.lower_weight(recorded)
 
     @staticmethod
     async def _resume_if_launching(guest: Guest) -> None:
@@ -819,6 +838,20 @@ class VmiController(Controller):
                 f"The guest agent {'connected' if connected else 'disconnected'}"
                 + (f" ({info.get('prettyName')})" if connected and info.get("prettyName") else ""),
             )
+
+    async def _sync_hotplug(self, vmi: Obj, guest: Guest) -> None:
+        """Disks attached and detached while the guest runs follow the VMI's spec, and
+        ``status.volumeStatus`` says so (:mod:`kubevisor.agent.hotplug`)."""
+        if guest.qmp is None:
+            return
+        await hotplug.sync(
+            vmi,
+            guest.qmp,
+            storage=self.storage,
+            sources=self._sources(vmi, str(vmi["metadata"]["namespace"])),
+            recorder=self.recorder,
+            write_status=lambda status: self._write_status(vmi, status),
+        )
 
     async def _write_finished(self, vmi: Obj, phase: str, reason: str, message: str) -> None:
         status = copy.deepcopy(vmi.get("status") or {})

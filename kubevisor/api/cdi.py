@@ -30,6 +30,31 @@ from kubevisor.api.validation import FieldError
 GROUP = "cdi.kubevirt.io"
 VERSION = "v1beta1"
 
+# Annotations on a DataVolume's claim: the hand-off between the DataVolume controller (which writes the
+# ``storage.import.*`` ones) and the node agent that imports (which writes ``storage.pod.*`` and progress),
+# named as CDI names them on its importer's claim.
+IMPORT_SOURCE_ANNOTATION = "cdi.kubevirt.io/storage.import.source"
+"""``http``, ``blank`` or ``registry``: the claim is filled by an import; it is not usable before
+:data:`POD_PHASE_ANNOTATION` says ``Succeeded``."""
+IMPORT_ENDPOINT_ANNOTATION = "cdi.kubevirt.io/storage.import.endpoint"
+"""The URL (http) or image reference (registry)."""
+IMPORT_SECRET_ANNOTATION = "cdi.kubevirt.io/storage.import.secretName"
+"""Secret with ``accessKeyId`` and ``secretKey`` (http basic auth)."""
+IMPORT_CERT_ANNOTATION = "cdi.kubevirt.io/storage.import.certConfigMap"
+"""ConfigMap whose ``ca.pem`` (or only key) holds CA certificates to trust."""
+POD_PHASE_ANNOTATION = "cdi.kubevirt.io/storage.pod.phase"
+"""The import's state: ``Running``, ``Succeeded`` or ``Failed``; written by the node agent."""
+POD_RESTARTS_ANNOTATION = "cdi.kubevirt.io/storage.pod.restarts"
+"""Times the import was retried after a transient error; written by the node agent."""
+RUNNING_REASON_ANNOTATION = "cdi.kubevirt.io/storage.condition.running.reason"
+"""Why the import is not running (``Error``, or the error's class); written by the node agent."""
+RUNNING_MESSAGE_ANNOTATION = "cdi.kubevirt.io/storage.condition.running.message"
+"""The last error of the import, if any; written by the node agent."""
+PROGRESS_ANNOTATION = "kubevisor.io/import-progress"
+"""The import's progress as ``status.progress`` shows it (``"45.67%"``); written by the node agent."""
+IMPORT_NODE_LABEL = "kubevisor.io/import-node"
+"""On a claim to import into: the node holding its volume, whose agent imports (it selects on it)."""
+
 # --- DataVolume ----------------------------------------------------------------------------------
 
 

@@ -9,7 +9,19 @@ from __future__ import annotations
 import base64
 import binascii
 
-from kubevisor.api import authz, cdi, coordination, core, instancetype, kubevirt, pool, rbac, snapshot
+from kubevisor.api import (
+    authz,
+    cdi,
+    coordination,
+    core,
+    instancetype,
+    kubevirt,
+    pool,
+    rbac,
+    snapshot,
+    storage,
+    upload,
+)
 from kubevisor.api.registry import Kind, Obj, PrinterColumn
 from kubevisor.api.validation import FieldError
 
@@ -382,4 +394,13 @@ KINDS: list[Kind] = [
 
 def all_kinds() -> list[Kind]:
     """Every kind kubevisor serves, core group first, then KubeVirt's and CDI's groups."""
-    return [*KINDS, *kubevirt.KINDS, *instancetype.KINDS, *pool.KINDS, *snapshot.KINDS, *cdi.KINDS]
+    return [
+        *KINDS,
+        *storage.KINDS,
+        *kubevirt.KINDS,
+        *instancetype.KINDS,
+        *pool.KINDS,
+        *snapshot.KINDS,
+        *cdi.KINDS,
+        *upload.KINDS,
+    ]

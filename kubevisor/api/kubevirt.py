@@ -1539,6 +1539,37 @@ class VirtualMachineStateChangeRequest(KubeModel):
     """UID of the VMI the request is about."""
 
 
+class HotplugVolumeSource(KubeModel):
+    """Where a hotplugged volume's data is: exactly one of a claim or a DataVolume."""
+
+    persistent_volume_claim: PersistentVolumeClaimSource | None = None
+    """A persistent volume claim (``hotpluggable: true``)."""
+    data_volume: DataVolumeVolumeSource | None = None
+    """A DataVolume (``hotpluggable: true``)."""
+
+
+class AddVolumeOptions(KubeModel):
+    """Body of the ``addvolume`` subresource (VM and VMI) of ``subresources.kubevirt.io``."""
+
+    name: str
+    """Name of the new volume, and of its disk."""
+    disk: Disk
+    """The disk the guest sees (its ``name`` is set to ``name``); KubeVirt hotplugs on bus scsi."""
+    volume_source: HotplugVolumeSource
+    """The claim or DataVolume to attach."""
+    dry_run: list[str] | None = None
+    """``["All"]``: validate only."""
+
+
+class RemoveVolumeOptions(KubeModel):
+    """Body of the ``removevolume`` subresource (VM and VMI) of ``subresources.kubevirt.io``."""
+
+    name: str
+    """Name of the hotplugged volume to detach."""
+    dry_run: list[str] | None = None
+    """``["All"]``: validate only."""
+
+
 class VolumeSnapshotStatus(KubeModel):
     """Whether a volume can be snapshotted."""
 

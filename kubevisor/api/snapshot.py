@@ -22,6 +22,30 @@ GROUP = "snapshot.kubevirt.io"
 VERSION = "v1beta1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
+NODE_LABEL = "snapshot.kubevisor.io/node"
+"""On a VirtualMachineSnapshotContent (and on a VirtualMachineRestore once its volumes may be copied): the
+node whose agent takes, keeps and restores the data (set by the snapshot and restore controllers)."""
+CONTENT_FINALIZER = "snapshot.kubevisor.io/node-agent"
+"""On every VirtualMachineSnapshotContent from its creation: the node agent removes the snapshot's images
+from the node, then this finalizer."""
+DEADLINE_ANNOTATION = "snapshot.kubevisor.io/deadline"
+"""On a content: the time (RFC 3339) by which the agent must have taken the data (spec.failureDeadline)."""
+INDICATIONS_ANNOTATION = "snapshot.kubevisor.io/indications"
+"""On a content, written by the agent: how the data was taken (``Online,GuestAgent``; empty: offline)."""
+RESTORE_CONTENT_ANNOTATION = "snapshot.kubevisor.io/content"
+"""On a restore, with :data:`NODE_LABEL`: the content whose images the agent copies back."""
+VOLUMES_RESTORED_ANNOTATION = "snapshot.kubevisor.io/volumes-restored"
+"""On a restore, written by the agent: when the images were copied back."""
+RESTORE_ERROR_ANNOTATION = "snapshot.kubevisor.io/restore-error"
+"""On a restore, written by the agent: why the images could not be copied back."""
+RESTORED_BY_ANNOTATION = "snapshot.kubevisor.io/restored-by"
+"""On a VM a restore created (restore as a new VM): the restore's uid."""
+
+
+def restored_claim(restore_uid: str, volume: str) -> str:
+    """The claim (and PersistentVolume) a restore as a new VM creates for ``volume``, as KubeVirt names it."""
+    return f"restore-{restore_uid}-{volume}"
+
 
 class Condition(KubeModel):
     """A condition of a snapshot or restore: Ready, Progressing, Failure."""

@@ -30,7 +30,17 @@ from kubevisor.api.authz import TokenRequest
 from kubevisor.api.meta import DeleteOptions
 from kubevisor.api.registry import Kind, Obj, Registry
 from kubevisor.api.validation import FieldError
-from kubevisor.apiserver import admission, errors, patching, tables, vmactions, vmistreams, watching
+from kubevisor.apiserver import (
+    admission,
+    errors,
+    hotplugging,
+    patching,
+    tables,
+    uploads,
+    vmactions,
+    vmistreams,
+    watching,
+)
 from kubevisor.apiserver.auth import (
     RBAC,
     Attributes,
@@ -286,6 +296,9 @@ class ApiServer:
             return Response(b"ok", media_type="text/plain")
         if path == "/version":
             return Response(self.discovery.version, media_type=JSON)
+        is_upload, upload_target = uploads.parse_path(path)
+        if is_upload:  # authenticated by its upload token, not as an API user
+            return await self._upload(request, upload_target)
         user = await self.authenticate(request)
         if user is None:
             raise errors.ApiError(401, "Unauthorized", "Unauthorized")
@@ -884,7 +897,8 @@ class ApiServer:
             return _json({"kind": "APIGroup", "apiVersion": "v1", **group})
         if rest[0] not in vmactions.VERSIONS:
             raise errors.path_not_found(path)
-        return Response(vmistreams.resource_list(rest[0], vmactions.VM_ACTIONS), media_type=JSON)
+        body = vmistreams.resource_list(rest[0], vmactions.VM_ACTIONS)
+        return Response(hotplugging.resource_list(body), media_type=JSON)
 
     async def _authorize_vmi(self, user: User, req: vmistreams.Request, path: str) -> None:
         attrs = Attributes(
@@ -939,10 +953,49 @@ class ApiServer:
         )
         return Response(b"", status_code=202)
 
+    async def _volume_action(self, request: Request, user: User, segs: list[str]) -> Response:
+        """addvolume, removevolume of a VM or VMI (see :mod:`kubevisor.apiserver.hotplugging`)."""
+        path = request.url.path
+        if segs[0] != "namespaces" or segs[2] not in ("virtualmachines", "virtualmachineinstances"):
+            raise errors.path_not_found(path)
+        if request.method != "PUT":
+            raise errors.method_not_allowed()
+        namespace, resource, name, action = segs[1], segs[2], segs[3], segs[4]
+        attrs = Attributes(
+            verb="update",
+            namespace=namespace,
+            group=vmactions.GROUP,
+            resource=resource,
+            subresource=action,
+            name=name,
+            path=path,
+        )
+        allowed, _ = await self.rbac.authorize(user, attrs)
+        if not allowed:
+            raise errors.forbidden(forbidden_message(user, attrs))
+        raw = await _read_body(request)
+        body: Obj = {}
+        if raw.strip():
+            value, _ = admission.decode_body(
+                raw, request.headers.get("content-type", JSON), track_duplicates=False
+            )
+            body = value if isinstance(value, dict) else {}
+        kinds = hotplugging.Kinds(
+            vm=self._kind("kubevirt.io", "v1", "virtualmachines"),
+            vmi=self._kind("kubevirt.io", "v1", "virtualmachineinstances"),
+            pvc=self._kind("", "v1", "persistentvolumeclaims"),
+            dv=self.registry.get("cdi.kubevirt.io", "v1beta1", "datavolumes"),
+        )
+        run = hotplugging.vm_volume if resource == "virtualmachines" else hotplugging.vmi_volume
+        await run(self.objects, kinds, namespace=namespace, name=name, action=action, body=body)
+        return Response(b"", status_code=202)
+
     async def _kubevirt_action(self, request: Request, user: User, version: str, segs: list[str]) -> Response:
         """KubeVirt's subresources.kubevirt.io API (virt-api): VM start, stop, restart; VMI pause, unpause,
         guestosinfo (see :mod:`kubevisor.apiserver.vmistreams`)."""
         path = request.url.path
+        if version in vmactions.VERSIONS and len(segs) == 5 and segs[4] in hotplugging.ACTIONS:
+            return await self._volume_action(request, user, segs)
         if version in vmactions.VERSIONS and segs[2:3] == ["virtualmachineinstances"]:
             return await self._vmi_subresource(request, user, segs)
         if (
@@ -987,6 +1040,21 @@ class ApiServer:
             body=body,
         )
         return Response(b"", status_code=202)
+
+    async def _upload(self, request: Request, target: uploads.UploadTarget | None) -> Response:
+        """An image upload into a claim (see :mod:`kubevisor.apiserver.uploads`)."""
+        return await uploads.proxy_upload(
+            request,
+            target,
+            objects=self.objects,
+            tokens=self.tokens,
+            kinds={
+                "pvc": self._kind("", "v1", "persistentvolumeclaims"),
+                "pv": self._kind("", "v1", "persistentvolumes"),
+                "node": self._kind("", "v1", "nodes"),
+            },
+            agent_tls=self.agent_tls,
+        )
 
     async def _token(self, request: Request, target: Target) -> Response:
         assert target.namespace is not None and target.name is not None
@@ -1052,6 +1120,8 @@ class ApiServer:
         )
         if type_errors:
             raise errors.invalid(kind, None, type_errors)
+        if kind.kind == "UploadTokenRequest" and target.namespace is not None:
+            return _json(uploads.issue_token(self.tokens, user, target.namespace, obj), 201)
         if kind.kind == "SelfSubjectReview":
             obj["status"] = {
                 "userInfo": {"username": user.name, "uid": user.uid, "groups": list(user.groups)}

@@ -108,9 +108,13 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument(
             "--kubeconfig", default=None, help="kubeconfig (default: $KUBECONFIG, ~/.kube/config)"
         )
-    from kubevisor.cli import streams
+    from kubevisor.cli import volumes
+
+    volumes.add_parsers(sub)
+    from kubevisor.cli import streams, uploading
 
     streams.add_parsers(sub)
+    uploading.add_parser(sub)
     return parser
 
 
@@ -252,10 +256,18 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_up(args))
     if args.command in ("start", "stop", "restart"):
         return asyncio.run(_vm_action(args))
+    if args.command in ("addvolume", "removevolume"):
+        from kubevisor.cli import volumes
+
+        return volumes.run(args, _kubeconfig(args.kubeconfig))
     from kubevisor.cli import streams
 
     if args.command in streams.COMMANDS:
         return streams.run(args, _kubeconfig(args.kubeconfig))
+    if args.command == "image-upload":
+        from kubevisor.cli import uploading
+
+        return uploading.run(args, _kubeconfig(args.kubeconfig))
     return 2
 
 

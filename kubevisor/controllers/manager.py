@@ -22,9 +22,12 @@ from collections.abc import Sequence
 from kubevisor.api.registry import Registry
 from kubevisor.client.leaderelection import LeaderElector
 from kubevisor.client.requesting import Client
+from kubevisor.controllers.datavolume import DataVolumeController
 from kubevisor.controllers.garbagecollector import GarbageCollector
 from kubevisor.controllers.namespace import NamespaceController
+from kubevisor.controllers.provisioning import LocalProvisioner
 from kubevisor.controllers.reconciling import Controller
+from kubevisor.controllers.snapshot import RestoreController, SnapshotController
 from kubevisor.controllers.vm import VirtualMachineController
 from kubevisor.controllers.vmi import VirtualMachineInstanceController
 from kubevisor.controllers.volumebinding import VolumeBindingController
@@ -144,8 +147,13 @@ def builtin_controllers(client: Client, registry: Registry) -> list[Controller]:
     ]
     if registry.get("", "v1", "persistentvolumeclaims") is not None:
         controllers.append(VolumeBindingController(client))
+    storage_kinds = (("storage.k8s.io", "v1"), ("cdi.kubevirt.io", "v1beta1"), ("kubevirt.io", "v1"))
+    if all(registry.in_group_version(group, version) for group, version in storage_kinds):
+        controllers += [LocalProvisioner(client), DataVolumeController(client)]
     if registry.get("kubevirt.io", "v1", "virtualmachineinstances") is not None:
         controllers += [VirtualMachineController(client), VirtualMachineInstanceController(client)]
+    if registry.get("snapshot.kubevirt.io", "v1beta1", "virtualmachinesnapshots") is not None:
+        controllers += [SnapshotController(client), RestoreController(client)]
     return controllers
 
 

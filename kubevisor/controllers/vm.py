@@ -14,11 +14,16 @@ runStrategy semantics (KubeVirt's user guide, "Run strategies"):
 - ``Manual``: the controller neither starts nor stops on its own; the start/stop subresources do, through
   ``status.stateChangeRequests``.
 
-The deprecated ``spec.running`` maps to Always (true) and Halted (false).
+The deprecated ``spec.running`` maps to Always (true) and Halted (false). No VMI is created while
+``status.restoreInProgress`` is set (the restore controller copies the VM's disks back meanwhile).
 
 A VM that should be starting while a claim its template names (``persistentVolumeClaim``, ``ephemeral``,
 or a ``dataVolume`` not among its ``dataVolumeTemplates``) does not exist shows ``ErrorPvcNotFound``, as
 KubeVirt's does; the controller watches claims, so the status changes as soon as the claim is created.
+
+``spec.dataVolumeTemplates``: each becomes a DataVolume of the template's name, owned by the VM (created
+whatever the runStrategy, as KubeVirt does). The VMI is created only once all of them have Succeeded;
+until then the VM shows ``Provisioning`` (``DataVolumeError`` when one Failed).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from kubevisor.controllers.reconciling import Controller, Result, TemporaryError
 log = logging.getLogger(__name__)
 
 GROUP_VERSION = "kubevirt.io/v1"
+DV_GROUP_VERSION = "cdi.kubevirt.io/v1beta1"
 FINISHED = ("Succeeded", "Failed")
 CRASH_BACKOFF_START = 10.0
 CRASH_BACKOFF_MAX = 300.0
@@ -154,6 +160,8 @@ class VirtualMachineController(Controller):
         self.vms: ResourceClient = client.resource(GROUP_VERSION, "virtualmachines")
         self.vmis: ResourceClient = client.resource(GROUP_VERSION, "virtualmachineinstances")
         self.pvcs: ResourceClient = client.resource("v1", "persistentvolumeclaims")
+        self.dvs: ResourceClient = client.resource(DV_GROUP_VERSION, "datavolumes")
+        self._dv_informer: Informer | None = None
         self.recorder = EventRecorder(client, "virtualmachine-controller")
         self._pvc_informer: Informer | None = None
         self._vm_informer: Informer | None = None
@@ -165,6 +173,7 @@ class VirtualMachineController(Controller):
         self._vm_informer = self.watch(self.vms)
         self._vmi_informer = self.watch(self.vmis, keys=self._owner_keys)
         self._pvc_informer = self.watch(self.pvcs, keys=self._claimant_keys)
+        self._dv_informer = self.watch(self.dvs, keys=self._owner_keys)
 
     def _claimant_keys(self, pvc: Obj) -> list[str]:
         """The VMs of the claim's namespace whose template names it."""
@@ -205,8 +214,10 @@ class VirtualMachineController(Controller):
         requeue: float | None = None
         deleting_vm = bool(vm["metadata"].get("deletionTimestamp"))
         phase = ((vmi or {}).get("status") or {}).get("phase")
+        restoring = bool((vm.get("status") or {}).get("restoreInProgress"))
 
         stop_requested, start_requested = self._state_requests(vm, vmi)
+        provisioning = None if deleting_vm else await self._data_volumes(vm)
         if deleting_vm:
             pass
         elif vmi is not None and (stop_requested or strategy == "Halted"):
@@ -224,6 +235,8 @@ class VirtualMachineController(Controller):
                     requeue = wait
                 else:
                     await self._delete_vmi(vmi)
+        elif vmi is None and restoring:
+            pass  # a VirtualMachineRestore copies the VM's disks back: no start until it is done
         elif vmi is None and (
             strategy in ("Always", "RerunOnFailure")
             or start_requested
@@ -232,11 +245,62 @@ class VirtualMachineController(Controller):
             wait = self._restart_wait(key)
             if wait > 0:
                 requeue = wait
-            else:
+            elif provisioning is None:
                 await self._create_vmi(vm)
                 return Result()  # the VMI's ADDED event brings us back to write status
-        await self._write_status(key, vm, vmi, strategy)
+        await self._write_status(key, vm, vmi, strategy, provisioning=provisioning)
         return Result(requeue_after=requeue) if requeue else None
+
+    async def _data_volumes(self, vm: Obj) -> str | None:
+        """Create the VM's missing DataVolumes; ``Provisioning`` or ``DataVolumeError`` until all have
+        Succeeded, then None."""
+        assert self._dv_informer is not None
+        meta = vm["metadata"]
+        state = None
+        for template in (vm.get("spec") or {}).get("dataVolumeTemplates") or []:
+            tmeta = template.get("metadata") or {}
+            name = tmeta.get("name")
+            if not name:
+                continue
+            dv = self._dv_informer.get(f"{meta['namespace']}/{name}")
+            if dv is None:
+                body: Obj = {
+                    "apiVersion": DV_GROUP_VERSION,
+                    "kind": "DataVolume",
+                    "metadata": {
+                        "name": name,
+                        "namespace": meta["namespace"],
+                        **{k: tmeta[k] for k in ("labels", "annotations") if tmeta.get(k)},
+                        "ownerReferences": [
+                            {
+                                "apiVersion": GROUP_VERSION,
+                                "kind": "VirtualMachine",
+                                "name": meta["name"],
+                                "uid": meta["uid"],
+                                "controller": True,
+                                "blockOwnerDeletion": True,
+                            }
+                        ],
+                    },
+                    "spec": copy.deepcopy(template.get("spec") or {}),
+                }
+                try:
+                    await self.dvs.create(body)
+                except errors.AlreadyExistsError:
+                    pass
+                except errors.InvalidError as exc:
+                    await self.recorder.warning(vm, "FailedDataVolumeCreate", f"DataVolume {name}: {exc}")
+                    return "DataVolumeError"
+                else:
+                    await self.recorder.normal(vm, "SuccessfulDataVolumeCreate", f"Created DataVolume {name}")
+                state = state or "Provisioning"
+                continue
+            phase = (dv.get("status") or {}).get("phase")
+            if phase == "Failed":
+                state = "DataVolumeError"
+            elif phase != "Succeeded":
+                state = state or "Provisioning"
+        return state
 
     def _state_requests(self, vm: Obj, vmi: Obj | None) -> tuple[bool, bool]:
         """Pending Stop (for this VMI) and Start requests from the start/stop/restart subresources."""
@@ -290,12 +354,16 @@ class VirtualMachineController(Controller):
         except errors.NotFoundError:
             pass
 
-    async def _write_status(self, key: str, vm: Obj, vmi: Obj | None, strategy: str) -> None:
+    async def _write_status(
+        self, key: str, vm: Obj, vmi: Obj | None, strategy: str, *, provisioning: str | None = None
+    ) -> None:
         status = copy.deepcopy(vm.get("status") or {})
         old = copy.deepcopy(status)
         printable = printable_status(vm, vmi, strategy, self._crash_looping(key))
         if printable == "Starting" and self._missing_claims(vm):
             printable = "ErrorPvcNotFound"
+        if printable == "Starting" and vmi is None and provisioning:
+            printable = provisioning
         status["printableStatus"] = printable
         status["runStrategy"] = strategy
         vmi_phase = ((vmi or {}).get("status") or {}).get("phase")

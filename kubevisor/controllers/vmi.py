@@ -9,6 +9,8 @@ NoSchedule/NoExecute taints the VMI tolerates, the one with the most free memory
 Node's allocatable minus what the unfinished VMIs bound to it request. When nothing fits the VMI stays
 Pending with condition ``PodScheduled=False, reason Unschedulable`` (the VM shows ErrorUnschedulable) and a
 ``FailedScheduling`` Event says why, as kube-scheduler's "0/N nodes are available: ..." does.
+A VMI whose claims are bound to volumes with a node affinity (the local storage class's) goes only to
+that node ("volume node affinity conflict" otherwise), as kube-scheduler's VolumeBinding plugin does.
 
 A VMI is scheduled in one status write (Pending → Scheduled), which keeps API writes per VMI low: create,
 Scheduled, Running (the node agent's finalizer is put on by the apiserver's defaulting at creation).
@@ -34,6 +36,7 @@ from kubevisor.client import errors
 from kubevisor.client.events import EventRecorder
 from kubevisor.client.informers import Informer
 from kubevisor.client.requesting import Client, ResourceClient
+from kubevisor.controllers.provisioning import claims_of_vmi, node_of_volume
 from kubevisor.controllers.reconciling import Controller, Result
 
 log = logging.getLogger(__name__)
@@ -85,7 +88,10 @@ def node_ready(node: Obj) -> bool:
 class Scheduler:
     """Chooses a node for a VMI from the informer caches (pure: no I/O)."""
 
-    def choose(self, vmi: Obj, nodes: list[Obj], vmis: list[Obj]) -> tuple[str | None, str]:
+    def choose(
+        self, vmi: Obj, nodes: list[Obj], vmis: list[Obj], volume_nodes: set[str] | None = None
+    ) -> tuple[str | None, str]:
+        """``volume_nodes``: the nodes the VMI's volumes are pinned to (each must be the chosen one)."""
         spec = vmi.get("spec") or {}
         mem, cpu = requests(spec)
         selector = spec.get("nodeSelector") or {}
@@ -117,6 +123,9 @@ class Scheduler:
                 continue
             if any(labels.get(k) != v for k, v in selector.items()):
                 reasons["node(s) didn't match Pod's node affinity/selector"] += 1
+                continue
+            if volume_nodes and volume_nodes != {name}:
+                reasons["node(s) had volume node affinity conflict"] += 1
                 continue
             taints = [
                 t
@@ -157,6 +166,10 @@ class VirtualMachineInstanceController(Controller):
         super().__init__(client, concurrency=concurrency)
         self.vmis: ResourceClient = client.resource(GROUP_VERSION, "virtualmachineinstances")
         self.nodes: ResourceClient = client.resource("v1", "nodes")
+        self.pvcs: ResourceClient = client.resource("v1", "persistentvolumeclaims")
+        self.pvs: ResourceClient = client.resource("v1", "persistentvolumes")
+        self._pvc_informer: Informer | None = None
+        self._pv_informer: Informer | None = None
         self.recorder = EventRecorder(client, "virtualmachineinstance-controller")
         self.scheduler = Scheduler()
         self._vmi_informer: Informer | None = None
@@ -171,6 +184,22 @@ class VirtualMachineInstanceController(Controller):
     def setup(self) -> None:
         self._vmi_informer = self.watch(self.vmis)
         self._node_informer = self.watch(self.nodes, keys=self._pending_keys)
+        self._pvc_informer = self.watch(self.pvcs, keys=None)  # caches only: volumes pin VMIs to nodes
+        self._pv_informer = self.watch(self.pvs, keys=None)
+
+    def _volume_nodes(self, vmi: Obj) -> set[str]:
+        """The nodes the volumes of the VMI's bound claims can only be reached from."""
+        assert self._pvc_informer is not None and self._pv_informer is not None
+        nodes: set[str] = set()
+        namespace = vmi["metadata"].get("namespace")
+        for claim in claims_of_vmi(vmi):
+            pvc = self._pvc_informer.get(f"{namespace}/{claim}")
+            volume = ((pvc or {}).get("spec") or {}).get("volumeName")
+            pv = self._pv_informer.get(str(volume)) if volume else None
+            node = node_of_volume(pv) if pv is not None else None
+            if node:
+                nodes.add(node)
+        return nodes
 
     def _pending_keys(self, node: Obj) -> list[str]:
         """A Node change may make room: look at every VMI still waiting for one (and, a Node being gone, at
@@ -204,7 +233,7 @@ class VirtualMachineInstanceController(Controller):
         if status.get("phase") not in (None, "", "Pending", "Scheduling"):
             return None
         vmis = self._with_assumed(self._vmi_informer.list())
-        node, why = self.scheduler.choose(vmi, self._node_informer.list(), vmis)
+        node, why = self.scheduler.choose(vmi, self._node_informer.list(), vmis, self._volume_nodes(vmi))
         new_status = copy.deepcopy(status)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         conditions = [c for c in new_status.get("conditions") or [] if c.get("type") != "PodScheduled"]

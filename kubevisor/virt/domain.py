@@ -220,3 +220,6 @@ class Domain:
     """A virtio-rng device fed from the host's ``/dev/urandom`` (KubeVirt ``devices.rng``)."""
     guest_agent: bool = True
     """A virtio-serial port ``org.qemu.guest_agent.0`` on ``run.qga`` for qemu-ga, as KubeVirt always adds."""
+    hotplug: bool = False
+    """Room for disks attached while it runs (:mod:`kubevisor.virt.hotplug`): a virtio-scsi controller, and
+    on q35 free PCIe root ports for virtio-blk (KubeVirt reserves both unless ``disableHotplug``)."""

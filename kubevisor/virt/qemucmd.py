@@ -31,14 +31,17 @@ from typing import Any
 from kubevisor.virt.domain import Disk, Domain, Nic, RunPaths
 
 __all__ = [
+    "HOTPLUG_PORTS",
     "MAX_SOCKET_PATH",
     "QEMU_BINARY",
+    "SCSI_CONTROLLER",
     "DomainError",
     "OvmfFiles",
     "command",
     "device_id",
     "drive_node",
     "find_ovmf",
+    "hotplug_port",
 ]
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -139,7 +142,9 @@ def command(domain: Domain, *, binary: str = QEMU_BINARY) -> list[str]:
             argv += ["-initrd", str(kb.initrd)]
         if kb.cmdline:
             argv += ["-append", kb.cmdline]
-    argv += _disks(domain.disks)
+    argv += _disks(domain.disks, scsi_controller=domain.hotplug)
+    if domain.hotplug and "q35" in domain.machine:
+        argv += _hotplug_ports()
     for index, nic in enumerate(domain.nics):
         argv += _nic(index, nic)
     if domain.graphics:
@@ -265,12 +270,31 @@ def _firmware(domain: Domain) -> list[str]:
     return argv
 
 
-def _disks(disks: tuple[Disk, ...]) -> list[str]:
+HOTPLUG_PORTS = 2
+"""Free PCIe root ports on q35 for virtio disks hotplugged while the VM runs."""
+SCSI_CONTROLLER = "scsi0"
+"""The id of the virtio-scsi controller (its bus is ``scsi0.0``)."""
+
+
+def hotplug_port(index: int) -> str:
+    """The id of the ``index``-th free PCIe root port (a virtio disk hotplugged on q35 is plugged there)."""
+    return f"hotplug{index}"
+
+
+def _hotplug_ports() -> list[str]:
+    argv: list[str] = []
+    for index in range(HOTPLUG_PORTS):
+        port = {"driver": "pcie-root-port", "id": hotplug_port(index), "chassis": 100 + index, "slot": 0}
+        argv += ["-device", _json(port)]
+    return argv
+
+
+def _disks(disks: tuple[Disk, ...], *, scsi_controller: bool = False) -> list[str]:
     argv: list[str] = []
     sata = [d for d in disks if d.bus == "sata"]
     for controller in range((len(sata) + AHCI_PORTS - 1) // AHCI_PORTS):
         argv += ["-device", _json({"driver": "ahci", "id": f"sata{controller}"})]
-    if any(d.bus == "scsi" for d in disks):
+    if scsi_controller or any(d.bus == "scsi" for d in disks):
         argv += ["-device", _json({"driver": "virtio-scsi-pci", "id": "scsi0"})]
     sata_port = scsi_lun = 0
     for index, disk in enumerate(disks):

@@ -22,7 +22,7 @@ import pytest
 
 from kubevisor.client import Client
 from kubevisor.testing import guest
-from kubevisor.virt import process
+from kubevisor.virt import cpuweights, process
 from tests.e2e import libvmi
 
 pytestmark = pytest.mark.e2e
@@ -107,6 +107,9 @@ async def test_sigkill_of_kubevisor_up_keeps_guests_and_adopts_them(
         await libvmi.serial_line(data_dir, name, guest.READY_MARKER, timeout=120)
         pid = libvmi.qemu_pid(data_dir, name)
         assert pid is not None
+        guest_cpu = cpuweights.detect()  # the same cgroup as kubevisor up's: both are in this machine's root
+        if guest_cpu is not None:  # a running guest ranks below the node's services for CPU
+            assert pid in guest_cpu.members()
         first.kill()
     # everything of the platform is gone at once; the guest is not
     assert process.is_running(pid)

@@ -46,3 +46,42 @@ async def test_a_burst_of_vmis_fills_a_node_exactly(client: Client, controller: 
     items = await until(listed, settled, 20, "every VMI scheduled or unschedulable")
     scheduled = [o for o in items if (o.get("status") or {}).get("phase") == "Scheduled"]  # type: ignore[attr-defined]
     assert len(scheduled) == 20
+
+
+async def test_a_vmi_goes_where_its_local_volume_is(client: Client, controller: None) -> None:
+    await add_node(client, "roomy", memory="64Gi")
+    await add_node(client, "small", memory="4Gi")
+    affinity = {"key": "kubernetes.io/hostname", "operator": "In", "values": ["small"]}
+    await client.resource("v1", "persistentvolumes").create(
+        {
+            "metadata": {"name": "pv-on-small"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "hostPath": {"path": "/var/lib/kubevisor/volumes/pv-on-small"},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [affinity]}]}},
+            },
+        }
+    )
+    await client.resource("v1", "persistentvolumeclaims").create(
+        {
+            "metadata": {"name": "data"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "volumeName": "pv-on-small",
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+        "default",
+    )
+    vmi = bare_vmi("pinned")
+    vmi["spec"]["volumes"].append({"name": "data", "persistentVolumeClaim": {"claimName": "data"}})
+    vmis = client.resource(KV, "virtualmachineinstances")
+    await vmis.create(vmi, "default")
+    scheduled = await until(
+        lambda: vmis.get("pinned", "default"),
+        lambda o: bool((o.get("status") or {}).get("nodeName")),
+        10,
+        "the VMI scheduled",
+    )
+    assert scheduled["status"]["nodeName"] == "small"  # not the roomier node: the volume is on small

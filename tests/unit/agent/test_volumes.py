@@ -446,3 +446,25 @@ async def test_volume_label_must_fit_iso_9660(tmp_path: Path, cluster: Cluster) 
     with pytest.raises(preparing.PrepareError, match=r"volumeLabel 'x+' is not an ISO 9660 volume label"):
         await prepare(tmp_path, spec, cluster)
     assert not (tmp_path / "run" / "config-cm.iso").exists()
+
+
+async def test_a_claim_being_imported_into_waits_until_the_import_succeeded(
+    tmp_path: Path, cluster: Cluster, volumes_dir: Path
+) -> None:
+    (volumes_dir / "pv-root").mkdir()
+    cluster.bind("root", volumes_dir / "pv-root")
+    annotations = cluster.objects[("persistentvolumeclaims", "root")]["metadata"].setdefault(
+        "annotations", {}
+    )
+    annotations["cdi.kubevirt.io/storage.import.source"] = "http"
+    spec = vmi_spec({"name": "d", "dataVolume": {"name": "root"}})
+    for phase in (None, "Running", "Failed"):
+        if phase:
+            annotations["cdi.kubevirt.io/storage.pod.phase"] = phase
+        with pytest.raises(preparing.VolumeNotReady) as caught:
+            await prepare(tmp_path, spec, cluster)
+        assert caught.value.reason == "DataVolumeNotReady"
+        assert not (volumes_dir / "pv-root" / "disk.img").exists()  # not even created
+    annotations["cdi.kubevirt.io/storage.pod.phase"] = "Succeeded"
+    prepared = await prepare(tmp_path, spec, cluster)
+    assert prepared.volumes["d"].path == volumes_dir / "pv-root" / "disk.img"

@@ -168,11 +168,13 @@ def test_index_lists_every_group_version(openapi: OpenAPIV3) -> None:
         "apis/rbac.authorization.k8s.io/v1",
         "apis/authorization.k8s.io/v1",
         "apis/authentication.k8s.io/v1",
+        "apis/storage.k8s.io/v1",
         "apis/kubevirt.io/v1",
         "apis/instancetype.kubevirt.io/v1beta1",
         "apis/pool.kubevirt.io/v1beta1",
         "apis/snapshot.kubevirt.io/v1beta1",
         "apis/cdi.kubevirt.io/v1beta1",
+        "apis/upload.cdi.kubevirt.io/v1beta1",
         "apis/widgets.kubevirt.io/v1alpha1",
     }
     for gv_path, entry in index["paths"].items():

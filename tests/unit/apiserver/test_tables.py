@@ -333,3 +333,32 @@ def test_empty_list_and_default_now() -> None:
         "1s",
         "2s",
     )
+
+
+def test_storage_class_table_as_kubectl_prints_it() -> None:
+    sc = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": _meta("local"),
+        "provisioner": "kubevisor.io/local",
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "allowVolumeExpansion": True,
+    }
+    table = to_table(_kind("storageclasses", "storage.k8s.io"), [sc], resource_version="1", now=NOW)
+    assert _columns(table) == [
+        "Name",
+        "Provisioner",
+        "ReclaimPolicy",
+        "VolumeBindingMode",
+        "AllowVolumeExpansion",
+        "Age",
+    ]
+    assert table["rows"][0]["cells"] == [
+        "local",
+        "kubevisor.io/local",
+        "Delete",
+        "WaitForFirstConsumer",
+        "true",
+        "5m",
+    ]
