@@ -1,18 +1,25 @@
 """Fixtures for end-to-end tests: QEMU must be installed (a missing one fails, never skips), the test
 guest is built once per session (cached across sessions), and each VM gets a short run directory (unix
-socket paths are limited to 107 bytes, which pytest's ``tmp_path`` can exceed)."""
+socket paths are limited to 107 bytes, which pytest's ``tmp_path`` can exceed).
+
+Platform tests define a ``plat`` fixture (their agent configuration); ``client`` is an admin client of it,
+and ``data_dir`` the platform's short data directory whose QEMUs are killed at the end whatever happened
+(guests outlive the platform by design)."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from kubevisor.client import Client
+from kubevisor.platform import Platform
 from kubevisor.testing import guest
 from kubevisor.virt import qemucmd
+from tests.e2e import libvmi
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +50,19 @@ def run_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="kv-e2e-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A short data directory (unix socket paths stay under 108 bytes); its QEMUs are killed at the end."""
+    path = Path(tempfile.mkdtemp(prefix="kv-"))
+    yield path
+    libvmi.kill_qemus(path)  # a failing test may leave guests running
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def client(plat: Platform) -> AsyncIterator[Client]:
+    """An admin client of the test module's ``plat``."""
+    async with Client.from_kubeconfig(plat.kubeconfig) as c:
+        yield c

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kubevisor.api.kubevirt_admission import parse_quantity
 from kubevisor.api.registry import Obj
 from kubevisor.client import Client, NotFoundError
 from kubevisor.client.requesting import ResourceClient
@@ -239,3 +241,37 @@ async def admin_client(kubeconfig: Path) -> AsyncIterator[Client]:
 
 
 READY = guest.READY_MARKER
+
+
+async def claim(
+    client: Client, data_dir: Path, name: str, size: str, *, image: Path | None = None, blank: bool = False
+) -> Path:
+    """A PersistentVolume ``pv-<name>`` (a hostPath directory under ``DATA/volumes``) and the claim ``name``
+    of ``size`` (e.g. ``16Mi``) that binds to it; returns its ``disk.img``, which holds a copy of ``image``,
+    a sparse blank image (``blank``), or nothing yet (the agent creates it, sparse, when it attaches it)."""
+    directory = data_dir / "volumes" / f"pv-{name}"
+    directory.mkdir(parents=True)
+    disk = directory / "disk.img"
+    if image is not None:
+        shutil.copyfile(image, disk)
+    elif blank:
+        with disk.open("wb") as f:
+            f.truncate(int(parse_quantity(size) or 0))
+    await client.resource("v1", "persistentvolumes").create(
+        {
+            "metadata": {"name": f"pv-{name}"},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": ["ReadWriteOnce"],
+                "hostPath": {"path": str(directory)},
+            },
+        }
+    )
+    await client.resource("v1", "persistentvolumeclaims").create(
+        {
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+        },
+        NAMESPACE,
+    )
+    return disk

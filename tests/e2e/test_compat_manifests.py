@@ -10,9 +10,7 @@ The guests boot side by side, so this costs about one TCG boot.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -39,14 +37,6 @@ RUNNABLE = {
     "kubevirt-examples__vmi-fedora.yaml": ("VirtualMachineInstance", f"{guest.READY_MARKER} hostname="),
     "kubevirt-examples__vmi-migratable.yaml": ("VirtualMachineInstance", f"{guest.READY_MARKER} hostname="),
 }
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kv-"))
-    yield path
-    libvmi.kill_qemus(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

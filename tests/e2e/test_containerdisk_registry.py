@@ -8,8 +8,6 @@ One guest, under TCG without a probe, to keep this quick.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -40,14 +38,6 @@ def local_registry(test_guest: guest.Guest) -> Iterator[containerdisks.LocalRegi
             yield registry
     except containerdisks.ToolMissing as e:
         pytest.fail(str(e), pytrace=False)
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kv-"))
-    yield path
-    libvmi.kill_qemus(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

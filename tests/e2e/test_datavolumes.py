@@ -8,9 +8,7 @@ Every test kills the QEMUs of its data directory at the end, whatever happened.
 from __future__ import annotations
 
 import functools
-import shutil
 import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from kubevisor.agent.running import AgentConfig
 from kubevisor.api.registry import Obj
 from kubevisor.client import Client
 from kubevisor.platform import Platform
-from kubevisor.testing import guest
+from kubevisor.testing import cluster, guest
 from tests.e2e import libvmi
 from tests.unit.storage import imageserving
 
@@ -33,29 +31,10 @@ for d in /sys/class/block/vd*; do echo "disk ${d##*/} sectors=$(cat "$d/size")";
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    """A short data directory (unix socket paths stay under 108 bytes); its QEMUs are killed at the end."""
-    path = Path(tempfile.mkdtemp(prefix="kv-"))
-    yield path
-    libvmi.kill_qemus(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 async def plat(data_dir: Path) -> AsyncIterator[Platform]:
     config = AgentConfig(data_dir=data_dir, node_name=NODE, accel="tcg")
-    platform = Platform(data_dir, "127.0.0.1:0", agent=True, agent_config=config)
-    await platform.start()
-    try:
+    async with cluster.running_platform(data_dir, agent=True, agent_config=config) as platform:
         yield platform
-    finally:
-        await platform.stop()
-
-
-@pytest.fixture
-async def client(plat: Platform) -> AsyncIterator[Client]:
-    async with Client.from_kubeconfig(plat.kubeconfig) as c:
-        yield c
 
 
 @pytest.fixture

@@ -4,12 +4,9 @@ creates the demo VM, prints how to reach it, and the VM boots and greets on its 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,14 +19,6 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "examples" / "demo-vm.yaml"
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kv-"))
-    yield path
-    libvmi.kill_qemus(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_the_demo_manifest_is_one_vm_with_a_greeting() -> None:

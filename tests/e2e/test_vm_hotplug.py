@@ -11,9 +11,7 @@ test_volume_hotplug.py. The test kills the QEMUs of its data directory at the en
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from kubevisor.api.registry import Obj
 from kubevisor.cli.main import main as cli
 from kubevisor.client import Client
 from kubevisor.platform import Platform
-from kubevisor.testing import guest
+from kubevisor.testing import cluster, guest
 from kubevisor.testing.console import Console
 from tests.e2e import libvmi
 
@@ -36,56 +34,12 @@ SECTORS = 16 * 1024 * 1024 // 512
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    """A short data directory (unix socket paths stay under 108 bytes); its QEMUs are killed at the end."""
-    path = Path(tempfile.mkdtemp(prefix="kv-"))
-    yield path
-    libvmi.kill_qemus(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 async def plat(data_dir: Path, test_guest: guest.Guest) -> AsyncIterator[Platform]:
     config = AgentConfig(
         data_dir=data_dir, node_name=NODE, image_mirror={libvmi.IMAGE: test_guest.disk}, accel="tcg"
     )
-    platform = Platform(data_dir, "127.0.0.1:0", agent=True, agent_config=config)
-    await platform.start()
-    try:
+    async with cluster.running_platform(data_dir, agent=True, agent_config=config) as platform:
         yield platform
-    finally:
-        await platform.stop()
-
-
-@pytest.fixture
-async def client(plat: Platform) -> AsyncIterator[Client]:
-    async with Client.from_kubeconfig(plat.kubeconfig) as c:
-        yield c
-
-
-async def empty_claim(client: Client, data_dir: Path, name: str) -> Path:
-    """A claim bound to a 16 MiB PersistentVolume whose directory under DATA/volumes has no image yet (the
-    agent creates ``disk.img``, sparse, when it attaches it)."""
-    directory = data_dir / "volumes" / f"pv-{name}"
-    directory.mkdir(parents=True)
-    await client.resource("v1", "persistentvolumes").create(
-        {
-            "metadata": {"name": f"pv-{name}"},
-            "spec": {
-                "capacity": {"storage": "16Mi"},
-                "accessModes": ["ReadWriteOnce"],
-                "hostPath": {"path": str(directory)},
-            },
-        }
-    )
-    await client.resource("v1", "persistentvolumeclaims").create(
-        {
-            "metadata": {"name": name},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "16Mi"}}},
-        },
-        libvmi.NAMESPACE,
-    )
-    return directory / "disk.img"
 
 
 def hotplug_status(vmi: Obj) -> list[Obj]:
@@ -110,7 +64,7 @@ async def test_addvolume_and_removevolume_on_a_running_guest(
 ) -> None:
     name = "hotplug"
     kubeconfig = str(plat.kubeconfig)
-    image = await empty_claim(client, data_dir, CLAIM)
+    image = await libvmi.claim(client, data_dir, CLAIM, "16Mi")
     await client.resource(libvmi.KV, "virtualmachines").create(libvmi.vm_manifest(name), libvmi.NAMESPACE)
     await libvmi.vmi_running(client, name)
     await libvmi.serial_line(data_dir, name, guest.READY_MARKER, 60)
@@ -167,7 +121,7 @@ async def test_virtio_disk_hotplug_on_a_pcie_root_port(
 ) -> None:
     name = "hotplug-virtio"
     kubeconfig = str(plat.kubeconfig)
-    await empty_claim(client, data_dir, CLAIM)
+    await libvmi.claim(client, data_dir, CLAIM, "16Mi")
     await client.resource(libvmi.KV, "virtualmachines").create(libvmi.vm_manifest(name), libvmi.NAMESPACE)
     await libvmi.vmi_running(client, name)
     await libvmi.serial_line(data_dir, name, guest.READY_MARKER, 60)

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -41,15 +39,6 @@ USER_DATA = (
     "echo user-data says $((6 * 7)) on $(hostname)\n"
     "echo disks: $(ls /sys/class/block | grep -v '[0-9]$' | sort | tr '\\n' ' ')\n"
 )
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    """A short data directory (unix socket paths stay under 108 bytes); its QEMUs are killed at the end."""
-    path = Path(tempfile.mkdtemp(prefix="kv-"))
-    yield path
-    libvmi.kill_qemus(path)  # a failing test may leave guests running
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def agent_config(data_dir: Path, test_guest: guest.Guest) -> AgentConfig:
@@ -77,12 +66,6 @@ async def plat(data_dir: Path, test_guest: guest.Guest) -> AsyncIterator[Platfor
         yield platform
     finally:
         await platform.stop()
-
-
-@pytest.fixture
-async def client(plat: Platform) -> AsyncIterator[Client]:
-    async with Client.from_kubeconfig(plat.kubeconfig) as c:
-        yield c
 
 
 async def first_serial_line(log: Path, timeout: float) -> float:

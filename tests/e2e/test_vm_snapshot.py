@@ -8,9 +8,7 @@ Every test kills the QEMUs of its data directory at the end, whatever happened.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from kubevisor.agent.running import AgentConfig
 from kubevisor.api.registry import Obj
 from kubevisor.client import Client
 from kubevisor.platform import Platform
-from kubevisor.testing import guest
+from kubevisor.testing import cluster, guest
 from kubevisor.testing.console import Console, ConsoleTimeout
 from tests.e2e import libvmi
 
@@ -31,60 +29,12 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kv-"))
-    yield path
-    libvmi.kill_qemus(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 async def plat(data_dir: Path, test_guest: guest.Guest) -> AsyncIterator[Platform]:
     config = AgentConfig(
         data_dir=data_dir, node_name=NODE, image_mirror={libvmi.IMAGE: test_guest.disk}, accel="tcg"
     )
-    platform = Platform(data_dir, "127.0.0.1:0", agent=True, agent_config=config)
-    await platform.start()
-    try:
+    async with cluster.running_platform(data_dir, agent=True, agent_config=config) as platform:
         yield platform
-    finally:
-        await platform.stop()
-
-
-@pytest.fixture
-async def client(plat: Platform) -> AsyncIterator[Client]:
-    async with Client.from_kubeconfig(plat.kubeconfig) as c:
-        yield c
-
-
-async def blank_claim(client: Client, data_dir: Path, name: str, size_mib: int) -> Path:
-    """A PersistentVolume whose ``disk.img`` is a sparse blank image, and the claim ``name`` on it."""
-    directory = data_dir / "volumes" / f"pv-{name}"
-    directory.mkdir(parents=True)
-    image = directory / "disk.img"
-    with image.open("wb") as f:
-        f.truncate(size_mib * MiB)
-    await client.resource("v1", "persistentvolumes").create(
-        {
-            "metadata": {"name": f"pv-{name}"},
-            "spec": {
-                "capacity": {"storage": f"{size_mib}Mi"},
-                "accessModes": ["ReadWriteOnce"],
-                "hostPath": {"path": str(directory)},
-            },
-        }
-    )
-    await client.resource("v1", "persistentvolumeclaims").create(
-        {
-            "metadata": {"name": name},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": {"storage": f"{size_mib}Mi"}},
-            },
-        },
-        libvmi.NAMESPACE,
-    )
-    return image
 
 
 async def shell(data_dir: Path, name: str) -> Console:
@@ -125,7 +75,7 @@ async def test_snapshot_while_writing_then_restore(
     plat: Platform, client: Client, data_dir: Path, test_guest: guest.Guest
 ) -> None:
     name = "snappy"
-    image = await blank_claim(client, data_dir, "snappy-data", 64)
+    image = await libvmi.claim(client, data_dir, "snappy-data", "64Mi", blank=True)
     vm = libvmi.vm_manifest(
         name,
         disks=[{"name": "data", "disk": {"bus": "virtio"}}],

@@ -11,9 +11,7 @@ Every test kills the QEMUs of its data directory at the end, whatever happened.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from kubevisor.agent.running import AgentConfig
 from kubevisor.api.registry import Obj
 from kubevisor.client import Client
 from kubevisor.platform import Platform
-from kubevisor.testing import guest
+from kubevisor.testing import cluster, guest
 from kubevisor.virt import process, qemucmd
 from tests import libcompat
 from tests.e2e import libvmi
@@ -48,15 +46,6 @@ done
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    """A short data directory (unix socket paths stay under 108 bytes); its QEMUs are killed at the end."""
-    path = Path(tempfile.mkdtemp(prefix="kv-"))
-    yield path
-    libvmi.kill_qemus(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 async def plat(data_dir: Path, test_guest: guest.Guest) -> AsyncIterator[Platform]:
     config = AgentConfig(
         data_dir=data_dir,
@@ -64,44 +53,8 @@ async def plat(data_dir: Path, test_guest: guest.Guest) -> AsyncIterator[Platfor
         image_mirror={libvmi.IMAGE: test_guest.disk, KERNEL_IMAGE: test_guest.directory},
         accel="tcg",
     )
-    platform = Platform(data_dir, "127.0.0.1:0", agent=True, agent_config=config)
-    await platform.start()
-    try:
+    async with cluster.running_platform(data_dir, agent=True, agent_config=config) as platform:
         yield platform
-    finally:
-        await platform.stop()
-
-
-@pytest.fixture
-async def client(plat: Platform) -> AsyncIterator[Client]:
-    async with Client.from_kubeconfig(plat.kubeconfig) as c:
-        yield c
-
-
-async def claim_with_guest_disk(client: Client, data_dir: Path, test_guest: guest.Guest, name: str) -> Path:
-    """A PersistentVolume (hostPath directory under DATA/volumes, ``disk.img`` = the test guest's disk)
-    and the claim ``name`` that binds to it."""
-    directory = data_dir / "volumes" / f"pv-{name}"
-    directory.mkdir(parents=True)
-    shutil.copyfile(test_guest.disk, directory / "disk.img")
-    await client.resource("v1", "persistentvolumes").create(
-        {
-            "metadata": {"name": f"pv-{name}"},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "hostPath": {"path": str(directory)},
-            },
-        }
-    )
-    await client.resource("v1", "persistentvolumeclaims").create(
-        {
-            "metadata": {"name": name},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-        },
-        libvmi.NAMESPACE,
-    )
-    return directory / "disk.img"
 
 
 async def test_vm_waits_for_its_claim_then_boots_from_it_with_config_disks(
@@ -138,7 +91,7 @@ async def test_vm_waits_for_its_claim_then_boots_from_it_with_config_disks(
     assert libvmi.qemu_pid(data_dir, name) is None
 
     # the claim and its volume appear: bound, attached, booted
-    image = await claim_with_guest_disk(client, data_dir, test_guest, "root")
+    image = await libvmi.claim(client, data_dir, "root", "1Gi", image=test_guest.disk)
     await libvmi.vmi_running(client, name, 60)
     text = await libvmi.serial_line(data_dir, name, f"{guest.USERDATA_END} rc=0", 60)
     assert "configmap says hello-from-configmap" in text
@@ -158,7 +111,7 @@ async def test_kubevirt_vmi_pvc_example_boots(
     plat: Platform, client: Client, data_dir: Path, test_guest: guest.Guest
 ) -> None:
     (vmi,) = libcompat.documents(libcompat.COMPAT_DIR / "kubevirt-examples__vmi-pvc.yaml")
-    await claim_with_guest_disk(client, data_dir, test_guest, "disk-alpine")
+    await libvmi.claim(client, data_dir, "disk-alpine", "1Gi", image=test_guest.disk)
     await client.resource(libvmi.KV, "virtualmachineinstances").create(vmi, libvmi.NAMESPACE)
     await libvmi.vmi_running(client, "vmi-pvc", 60)
     await libvmi.serial_line(data_dir, "vmi-pvc", guest.READY_MARKER, 60)

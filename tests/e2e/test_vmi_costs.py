@@ -6,9 +6,7 @@ creation) and QEMU's memory cgroup (QEMU inside it, limit = guest memory + overh
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,14 +24,6 @@ pytestmark = pytest.mark.e2e
 
 NODE = "costs-node"
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kv-"))
-    yield path
-    libvmi.kill_qemus(path)  # and their cgroups
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager

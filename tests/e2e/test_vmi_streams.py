@@ -16,11 +16,9 @@ import asyncio
 import contextlib
 import dataclasses
 import re
-import shutil
 import struct
-import tempfile
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
@@ -42,14 +40,6 @@ SUB = f"/apis/subresources.kubevirt.io/v1/namespaces/{libvmi.NAMESPACE}/virtualm
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kv-"))
-    yield path
-    libvmi.kill_qemus(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 async def plat(data_dir: Path, test_guest: guest.Guest) -> AsyncIterator[Platform]:
     """The platform, its node's pod network in a network namespace of the test (for port-forward)."""
     async with libnet.Namespaces() as namespaces:
@@ -65,12 +55,6 @@ async def plat(data_dir: Path, test_guest: guest.Guest) -> AsyncIterator[Platfor
         finally:
             await platform.stop()
             libvmi.kill_qemus(data_dir)
-
-
-@pytest.fixture
-async def client(plat: Platform) -> AsyncIterator[Client]:
-    async with Client.from_kubeconfig(plat.kubeconfig) as c:
-        yield c
 
 
 class WsConsole:
