@@ -8,11 +8,10 @@ Layouts: cgroup v2 (``/sys/fs/cgroup`` with ``memory`` in ``cgroup.controllers``
 delegated service does, so the guests stay inside whatever budget the agent itself was given (at the root
 of the hierarchy for a node agent run as a system service).
 
-How QEMU gets in before it allocates anything: :func:`kubevisor.virt.process.spawn` runs
-``sh -c 'echo $$ >"$0" && exec "$@"' <cgroup.procs> qemu-system-x86_64 ...`` — the shell writes its own
-pid into the cgroup, then becomes QEMU (same pid, same session), so every page QEMU ever touches is charged
-to the cgroup. No shell string holds data: the path and QEMU's argv are positional arguments. A failed
-write stops the start (the shell exits 1 without running QEMU).
+How QEMU gets in before it allocates its guest memory: :func:`kubevisor.virt.process.spawn` writes
+QEMU's pid into the cgroup right after spawning it, while it is still in its dynamic loader; QEMU starts
+paused (``-S``) and touches guest memory only after ``cont``. A failed write kills QEMU and fails the
+start.
 
 Invariants: a cgroup's path is recorded by the caller (the agent writes it in the run directory), so it is
 found again after an agent restart even if that agent runs in another cgroup; :func:`remove` removes the

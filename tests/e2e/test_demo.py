@@ -68,8 +68,9 @@ async def test_up_with_demo_boots_the_demo_vm(data_dir: Path, test_guest: guest.
     out = data_dir / "up.log"
     up = start_up(data_dir, test_guest.disk, out)
     try:
-        text = await libvmi.serial_line(data_dir, "demo", "Hello from the kubevisor demo VM demo!", 120)
-        assert "KUBEVISOR-USERDATA-END rc=0" in text or guest.READY_MARKER in text
+        text = await libvmi.serial_line(data_dir, "demo", guest.READY_MARKER, 120)  # after the user data
+        assert "Hello from the kubevisor demo VM demo!" in text
+        assert f"{guest.USERDATA_END} rc=0" in text
         printed = out.read_text()
         assert "demo: created virtualmachine/demo" in printed
         assert "kubevisor console demo" in printed
