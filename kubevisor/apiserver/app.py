@@ -936,13 +936,7 @@ class ApiServer:
                 self.objects, vmi_kind=vmi_kind, node_kind=node_kind, req=req, agent_tls=self.agent_tls
             )
             return Response(body, media_type=JSON)
-        raw = await _read_body(request)
-        options: Obj = {}
-        if raw.strip():
-            value, _ = admission.decode_body(
-                raw, request.headers.get("content-type", JSON), track_duplicates=False
-            )
-            options = value if isinstance(value, dict) else {}
+        options = await _options_body(request)
         await vmistreams.action(
             self.objects,
             vmi_kind=vmi_kind,
@@ -973,13 +967,7 @@ class ApiServer:
         allowed, _ = await self.rbac.authorize(user, attrs)
         if not allowed:
             raise errors.forbidden(forbidden_message(user, attrs))
-        raw = await _read_body(request)
-        body: Obj = {}
-        if raw.strip():
-            value, _ = admission.decode_body(
-                raw, request.headers.get("content-type", JSON), track_duplicates=False
-            )
-            body = value if isinstance(value, dict) else {}
+        body = await _options_body(request)
         kinds = hotplugging.Kinds(
             vm=self._kind("kubevirt.io", "v1", "virtualmachines"),
             vmi=self._kind("kubevirt.io", "v1", "virtualmachineinstances"),
@@ -1023,13 +1011,7 @@ class ApiServer:
             raise errors.forbidden(forbidden_message(user, attrs))
         vm_kind = self._kind("kubevirt.io", "v1", "virtualmachines")
         vmi_kind = self._kind("kubevirt.io", "v1", "virtualmachineinstances")
-        raw = await _read_body(request)
-        body: Obj = {}
-        if raw.strip():
-            value, _ = admission.decode_body(
-                raw, request.headers.get("content-type", JSON), track_duplicates=False
-            )
-            body = value if isinstance(value, dict) else {}
+        body = await _options_body(request)
         await vmactions.vm_action(
             self.objects,
             vm_kind=vm_kind,
@@ -1158,6 +1140,15 @@ class ApiServer:
         obj["status"] = {"allowed": allowed, **({"reason": reason} if reason else {})}
         obj.setdefault("metadata", {})["creationTimestamp"] = None
         return _json(obj, 201)
+
+
+async def _options_body(request: Request) -> Obj:
+    """A subresource's options object (e.g. AddVolumeOptions, StopOptions): the decoded body, {} if empty."""
+    raw = await _read_body(request)
+    if not raw.strip():
+        return {}
+    value, _ = admission.decode_body(raw, request.headers.get("content-type", JSON), track_duplicates=False)
+    return value if isinstance(value, dict) else {}
 
 
 async def _read_body(request: Request) -> bytes:
