@@ -10,7 +10,7 @@ UP_ARGS ?=
 APT_PACKAGES := python3 python3-venv python3-dev gcc make ca-certificates
 # What virtual machines need: QEMU, and the tools that build the test guest's bootable disk image;
 # docker-registry and skopeo: the registry containerDisk pull tests push the test guest into.
-VM_APT_PACKAGES := qemu-system-x86 qemu-utils xorriso isolinux syslinux-common iproute2 nftables busybox-static ovmf grub-efi-amd64-bin mtools docker-registry skopeo
+VM_APT_PACKAGES := qemu-system-x86 qemu-utils xorriso isolinux syslinux-common iproute2 nftables busybox-static ovmf grub-efi-amd64-bin mtools docker-registry skopeo nfs-ganesha nfs-ganesha-vfs rpcbind qemu-block-extra ceph-mon ceph-osd ceph-mgr radosgw
 
 .PHONY: install apt-vm lint test test-fast up bench bench-vm clean
 

@@ -60,6 +60,7 @@ class Platform:
         compaction_interval: float = 300.0,
         agent: bool = False,
         agent_config: AgentConfig | None = None,
+        insecure_registries: tuple[str, ...] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host, self.requested_port = parse_listen(listen)
@@ -76,6 +77,13 @@ class Platform:
         self.agent_config = agent_config
         """The node agent's settings; default: this data directory, the host's name, no image mirror."""
         self.agent: Agent | None = None
+        self.insecure_registries: tuple[str, ...] = tuple(
+            insecure_registries
+            if insecure_registries is not None
+            else (agent_config.insecure_registries if agent_config is not None else ())
+        )
+        """Registries (``HOST[:PORT]``) spoken to over plain HTTP by the controllers (DataImportCron polls)
+        as by the agent (pulls); default: the agent config's ``insecure_registries``."""
         self.port = 0
 
     @property
@@ -116,6 +124,7 @@ class Platform:
         self._serve_task = asyncio.create_task(self._server.serve(), name="apiserver")
         await self._server.wait_started()
         await self._default_storage_class()
+        await self._default_snapshot_class()
         if self.run_controllers:
             await self._start_controllers()
         if self.run_agent:
@@ -144,12 +153,45 @@ class Platform:
                 await client.resource("storage.k8s.io/v1", "storageclasses").create(body)
         marker.write_text("the default StorageClass 'local' was created; delete this file to recreate it\n")
 
+    async def _default_snapshot_class(self) -> None:
+        """The default VolumeSnapshotClass ``local`` (driver kubevisor.io/local), made once."""
+        marker = self.data_dir / "default-volumesnapshotclass-created"
+        if (
+            marker.exists()
+            or self.registry.get("snapshot.storage.k8s.io", "v1", "volumesnapshotclasses") is None
+        ):
+            return
+        from kubevisor.api import volumesnapshot
+        from kubevisor.client import errors
+        from kubevisor.client.requesting import Client
+
+        body = {
+            "apiVersion": volumesnapshot.API_VERSION,
+            "kind": "VolumeSnapshotClass",
+            "metadata": {
+                "name": volumesnapshot.DEFAULT_CLASS,
+                "annotations": {volumesnapshot.DEFAULT_CLASS_ANNOTATION: "true"},
+            },
+            "driver": volumesnapshot.LOCAL_DRIVER,
+            "deletionPolicy": "Delete",
+        }
+        async with Client.from_kubeconfig(self.kubeconfig, registry=self.registry) as client:
+            with contextlib.suppress(errors.AlreadyExistsError):
+                await client.resource(volumesnapshot.API_VERSION, "volumesnapshotclasses").create(body)
+        marker.write_text(
+            "the default VolumeSnapshotClass 'local' was created; delete this file to recreate it\n"
+        )
+
     async def _start_controllers(self) -> None:
         try:
             from kubevisor.controllers.manager import start_builtin_controllers
         except ImportError:  # controllers not available in this build
             return
-        self._controllers.append(await start_builtin_controllers(self.kubeconfig, self.registry))
+        self._controllers.append(
+            await start_builtin_controllers(
+                self.kubeconfig, self.registry, insecure_registries=self.insecure_registries
+            )
+        )
 
     async def _start_agent(self) -> None:
         from kubevisor.agent.running import AgentConfig, start_agent

@@ -76,6 +76,10 @@ class PreparedVolume:
     """Image format (never probed from the file's content for user-supplied images)."""
     readonly: bool = False
     """The volume itself is read-only (a cloud-init seed), whatever its disk says."""
+    shareable: bool = False
+    """Other QEMUs may write the image at the same time (a ReadWriteMany claim): ``share-rw``."""
+    nfs_server: str | None = None
+    """The image is ``path`` on this NFS server, opened by QEMU's own NFS driver."""
 
 
 def parse_spec(spec: Mapping[str, Any]) -> VirtualMachineInstanceSpec:
@@ -176,7 +180,8 @@ def _disk(index: int, disk: ApiDisk, volumes: Mapping[str, PreparedVolume]) -> D
         boot_order=disk.boot_order,
         serial=disk.serial,
         cache=cast(Literal["none", "writethrough", "writeback"] | None, disk.cache),
-        shareable=bool(disk.shareable),
+        shareable=bool(disk.shareable) or volume.shareable,
+        nfs_server=volume.nfs_server,
     )
 
 

@@ -6,8 +6,11 @@ there, :mod:`kubevisor.apiserver.hotplugging`), each with its disk. Actual: the 
 (``query-block``). Level-based, on every reconcile of a Running VMI:
 
 - a hotpluggable volume without a device: resolve its claim to the image (:mod:`kubevisor.agent.claims`;
-  ReadWriteOnce: not while another VMI of the node has it), attach it (:mod:`kubevisor.virt.hotplug`);
-- a disk device whose name is in no disk of the spec any more: detach it;
+  ReadWriteOnce: not while another VMI of the node has it, and for storage every node reaches only as the
+  holder of its VolumeAttachment, :mod:`kubevisor.agent.attachments`), attach it
+  (:mod:`kubevisor.virt.hotplug`);
+- a disk device whose name is in no disk of the spec any more: detach it, and release its
+  VolumeAttachment once QEMU has let go of it;
 - ``status.volumeStatus`` lists the hotplugged volumes: ``Ready`` (reason ``VolumeReady``) with the
   guest's device name as ``target``, ``Pending`` with why, or ``Detaching``; it is written only when it
   changes, so a VMI without hotplug costs no API write (one ``query-block`` per reconcile).
@@ -21,7 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import string
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -155,9 +158,11 @@ async def sync(
     sources: preparing.Sources,
     recorder: EventRecorder,
     write_status: Callable[[Obj], Awaitable[None]],
+    held: Collection[str] = (),
 ) -> None:
     """Make QEMU's hotplugged disks follow ``vmi``'s spec and report them; raises
-    :class:`TemporaryError` when something has to be tried again."""
+    :class:`TemporaryError` when something has to be tried again. ``held``: the volumes whose
+    VolumeAttachment the VMI holds; those neither in the spec nor open in QEMU any more are released."""
     spec = vmi.get("spec") or {}
     meta = vmi["metadata"]
     old_status = vmi.get("status") or {}
@@ -170,6 +175,7 @@ async def sync(
     todo = plan(spec, present)
     entries: dict[str, Obj] = {}
     retry: list[str] = []
+    still_open = {device.removeprefix(qemucmd.device_id("")) for device in present}
     for device, node in todo.detach:
         name = device.removeprefix(qemucmd.device_id(""))
         try:
@@ -178,6 +184,7 @@ async def sync(
             gone = False
             await recorder.warning(vmi, "FailedDetachVolume", f"volume {name}: {e}")
         if gone:
+            still_open.discard(name)
             await recorder.normal(vmi, "VolumeDetached", f"Successfully detached hotplugged volume {name}")
         else:
             entries[name] = _entry(
@@ -193,6 +200,9 @@ async def sync(
             await recorder.warning(vmi, reason, text)
         else:
             await recorder.normal(vmi, "VolumeReady", f"Successfully attached hotplugged volume {want.name}")
+    in_spec = {str(v.get("name")) for v in spec.get("volumes") or []}
+    for name in sorted(set(held) - in_spec - still_open):  # level-based: retried until released
+        await sources.detach_claim(name)
     targets = target_names(spec)
     for name in wanted(spec):
         entries.setdefault(
@@ -257,6 +267,11 @@ async def _attach(
                     f"{', '.join(users)} on this node; it is attached here once that VMI stops (use a "
                     "ReadWriteMany claim to share it)",
                 )
+        if not want.readonly and preparing.needs_attachment(image, storage):
+            why = await sources.attach_claim(image, want.name)
+            if why is not None:
+                return "FailedAttachVolume", preparing.refused_message(image, want.field, why)
+            revert.add(lambda: sources.detach_claim(want.name))
         disk = hotplug.HotplugDisk(
             name=want.name,
             path=image.path,
@@ -264,6 +279,8 @@ async def _attach(
             format=image.format,
             readonly=want.readonly or image.readonly,
             serial=want.serial,
+            nfs_server=image.nfs_server,
+            shareable=image.shared and not image.readonly,
         )
         try:
             await hotplug.attach(qmp, disk, machine=machine)

@@ -26,9 +26,14 @@ against the allowed directories.
 - ``persistentVolumeClaim`` / ``dataVolume`` (the claim of the DataVolume's name): the image file of the
   PersistentVolume the claim is bound to, attached in place (:mod:`kubevisor.agent.claims` says which
   volumes a node attaches). A missing or unbound claim makes the VMI wait (:class:`VolumeNotReady`); a
-  ReadWriteOnce claim another running VMI of this node attaches waits too.
+  ReadWriteOnce claim another running VMI of this node attaches waits too, and so does one of storage
+  every node reaches (NFS, a shared directory) whose VolumeAttachment another VMI holds: before QEMU opens
+  such a claim the agent creates the claim's VolumeAttachment, which the API server lets one node have
+  (:func:`needs_attachment`, :mod:`kubevisor.agent.attachments`). ReadWriteMany claims are attached
+  ``share-rw``; NFS claims through QEMU's NFS driver.
 - ``ephemeral``: a qcow2 overlay (``ephemeral-<volume>.qcow2``) on a claim's image, which stays untouched;
-  what the guest writes is discarded with the run directory.
+  what the guest writes is discarded with the run directory. On an NFS claim the overlay is local and its
+  backing file is ``nfs://server/path`` (QEMU reads the base over NFS).
 - ``configMap``, ``secret``, ``serviceAccount``, ``downwardAPI``: as KubeVirt presents them to a guest, a
   read-only ISO 9660 disk (``config-<volume>.iso``, Rock Ridge and Joliet names), one file per key, labelled
   ``volumeLabel`` or ``cfgdata``. A missing ConfigMap, Secret or ServiceAccount makes the VMI wait
@@ -57,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubevisor.agent import claims
+from kubevisor.agent import blockdevices, claims, nfsvolumes
 from kubevisor.agent.converting import PreparedVolume, hostname, wants_uefi
 from kubevisor.api.kubevirt import (
     CloudInitConfigDriveSource,
@@ -80,7 +85,9 @@ __all__ = [
     "SecretReader",
     "Sources",
     "VolumeNotReady",
+    "needs_attachment",
     "prepare",
+    "refused_message",
     "resolve_image",
     "within",
 ]
@@ -124,6 +131,19 @@ async def _nothing(*_: str) -> None:
     return None
 
 
+async def _attach_anywhere(image: claims.ClaimedImage, volume: str) -> str | None:
+    return None
+
+
+async def _detach_nothing(volume: str) -> None:
+    return None
+
+
+ClaimAttacher = Callable[[claims.ClaimedImage, str], Awaitable[str | None]]
+"""Makes this node's VMI the holder of the VolumeAttachment of claim image ``image`` for volume ``volume``:
+None when it is (created, or already its own), else why not (``is attached by VMI ... on node ...``)."""
+
+
 @dataclass(frozen=True)
 class Sources:
     """What preparing may read from the cluster besides Secrets (by default: nothing exists)."""
@@ -134,6 +154,10 @@ class Sources:
     """Tokens for serviceAccount volumes."""
     claim_users: ClaimUsers = lambda claim: []
     """Who else on this node attaches a claim."""
+    attach_claim: ClaimAttacher = _attach_anywhere
+    """Takes the VolumeAttachment of a claim every node reaches (by default: nobody else holds one)."""
+    detach_claim: Callable[[str], Awaitable[None]] = _detach_nothing
+    """Releases the VolumeAttachment taken for a volume (name), if any."""
     metadata: Mapping[str, Any] = field(default_factory=dict)
     """The VMI's metadata, for downwardAPI volumes."""
 
@@ -515,7 +539,22 @@ async def _cluster_volume(
             revert=revert,
         )
         _exclusive(image, f"{where}.persistentVolumeClaim", sources)
-        return PreparedVolume(image.path, image.format, readonly=image.readonly or bool(pvc.read_only))
+        if not pvc.read_only:
+            await _exclusive_in_cluster(
+                image,
+                f"{where}.persistentVolumeClaim",
+                volume.name,
+                sources=sources,
+                storage=storage,
+                revert=revert,
+            )
+        return PreparedVolume(
+            await _claim_device(image, where, revert),
+            image.format,
+            readonly=image.readonly or bool(pvc.read_only),
+            shareable=image.shared and not image.readonly,
+            nfs_server=image.nfs_server,
+        )
     if volume.data_volume is not None:
         image = await _claim(
             volume.data_volume.name,
@@ -526,7 +565,16 @@ async def _cluster_volume(
             revert=revert,
         )
         _exclusive(image, f"{where}.dataVolume", sources)
-        return PreparedVolume(image.path, image.format, readonly=image.readonly)
+        await _exclusive_in_cluster(
+            image, f"{where}.dataVolume", volume.name, sources=sources, storage=storage, revert=revert
+        )
+        return PreparedVolume(
+            await _claim_device(image, where, revert),
+            image.format,
+            readonly=image.readonly,
+            shareable=image.shared and not image.readonly,
+            nfs_server=image.nfs_server,
+        )
     if volume.ephemeral is not None:
         source = volume.ephemeral.persistent_volume_claim
         if source is None:
@@ -540,8 +588,11 @@ async def _cluster_volume(
         path = run_dir / f"ephemeral-{volume.name}.qcow2"
         revert.add(lambda: path.unlink(missing_ok=True))
         try:  # the base's format is the volume's, never probed
-            await qemuimg.overlay(path, image.path, backing_format=image.format)
-        except qemuimg.ImageError as e:
+            if image.nfs_server is not None:  # backing file nfs://server/path: QEMU reads it over NFS
+                await nfsvolumes.overlay(path, image.nfs_server, str(image.path), image.format, where)
+            else:
+                await qemuimg.overlay(path, image.path, backing_format=image.format)
+        except (qemuimg.ImageError, nfsvolumes.NfsVolumeError) as e:
             raise PrepareError(f"{where}.ephemeral: volume {volume.name!r}: {e}") from e
         return PreparedVolume(path, "qcow2")
     files: dict[str, str | bytes] | None
@@ -580,6 +631,14 @@ async def _cluster_volume(
     return PreparedVolume(path, "raw", readonly=True)
 
 
+async def _claim_device(image: claims.ClaimedImage, where: str, revert: Reverter) -> Path:
+    """What QEMU opens for a claim: a loop device for a volumeMode Block one (:mod:`.blockdevices`)."""
+    try:
+        return await blockdevices.for_volume(image.path, block=image.block, revert=revert)
+    except blockdevices.BlockDeviceError as e:
+        raise PrepareError(f"{where}: claim {image.claim!r} (volumeMode Block): {e}") from e
+
+
 async def _claim(
     claim: str, field_: str, *, namespace: str, storage: NodeStorage, sources: Sources, revert: Reverter
 ) -> claims.ClaimedImage:
@@ -611,6 +670,46 @@ def _exclusive(image: claims.ClaimedImage, field_: str, sources: Sources) -> Non
             f"{field_}: PersistentVolumeClaim {image.claim!r} ({modes}) is attached by VMI {others} on this "
             "node; it is attached here once that VMI stops (use a ReadWriteMany claim to share it)",
         )
+
+
+def needs_attachment(image: claims.ClaimedImage, storage: NodeStorage) -> bool:
+    """Whether QEMU may open the (writable) claim ``image`` only as the holder of its VolumeAttachment: a
+    ReadWriteOnce claim of storage every node reaches (NFS, or a directory outside the node's own
+    ``DATA/volumes``, such as a shared class's). QEMUs of two nodes would both write it, and nothing on the
+    storage stops them (QEMU's image locks are per host, and its NFS driver takes none). Local volumes
+    need no record (they have one node), nor do ReadWriteMany and read-only claims."""
+    if image.shared or image.readonly:
+        return False
+    return image.nfs_server is not None or not within(image.path, storage.volume_dirs[:1])
+
+
+def refused_message(image: claims.ClaimedImage, field_: str, why: str) -> str:
+    """The FailedAttachVolume message of a claim whose VolumeAttachment another VMI holds."""
+    modes = ", ".join(image.access_modes) or "ReadWriteOnce"
+    return (
+        f"{field_}: PersistentVolumeClaim {image.claim!r} ({modes}) {why}; it is attached here once that VMI "
+        "stops (use a ReadWriteMany claim to share it)"
+    )
+
+
+async def _exclusive_in_cluster(
+    image: claims.ClaimedImage,
+    field_: str,
+    volume: str,
+    *,
+    sources: Sources,
+    storage: NodeStorage,
+    revert: Reverter,
+) -> None:
+    """A ReadWriteOnce claim of storage every node reaches is opened by one VMI of the whole cluster at a
+    time: the holder of its VolumeAttachment (:func:`needs_attachment`), taken here and released when the
+    start fails."""
+    if not needs_attachment(image, storage):
+        return
+    why = await sources.attach_claim(image, volume)
+    if why is not None:
+        raise VolumeNotReady("FailedAttachVolume", refused_message(image, field_, why))
+    revert.add(lambda: sources.detach_claim(volume))
 
 
 async def _config_map(name: str, field_: str, optional: bool, sources: Sources) -> dict[str, str | bytes]:

@@ -22,13 +22,16 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Literal
 
-from kubevisor.agent import networking, serving, uploading
+from kubevisor.agent import exporting, networking, serving, uploading
+from kubevisor.agent.expanding import VolumeExpander
 from kubevisor.agent.importing import Importer
 from kubevisor.agent.node import NodeRegistration
 from kubevisor.agent.preparing import NodeStorage
+from kubevisor.agent.sharedvolumes import SharedVolumes
 from kubevisor.agent.snapshots import SnapshotAgent
 from kubevisor.agent.vmis import VmiController
 from kubevisor.agent.volumes import LocalVolumes
+from kubevisor.agent.volumesnapshots import VolumeSnapshotAgent
 from kubevisor.api.registry import Registry
 from kubevisor.client.requesting import Client
 from kubevisor.storage import registry
@@ -107,6 +110,8 @@ class Agent:
         self.vmis: VmiController | None = None
         self.snapshots: SnapshotAgent | None = None
         """Takes and restores the data of VM snapshots on this node."""
+        self.volume_snapshots: VolumeSnapshotAgent | None = None
+        """Takes and frees the data of VolumeSnapshots of this node's volumes."""
         self.server: serving.AgentServer | None = None
         self.pod_network: networking.PodNetwork | None = None
         """The node's pod network, when ``config.pod_network`` is on."""
@@ -114,6 +119,10 @@ class Agent:
         """The node's local volumes (the images of the local storage class)."""
         self.importer: Importer | None = None
         """The node's DataVolume imports."""
+        self.shared_volumes: SharedVolumes | None = None
+        """Deletes the data of released shared-class volumes handed to this node."""
+        self.expander: VolumeExpander | None = None
+        """Grows the node's local volumes when their claims ask for more."""
 
     async def detect_accel(self) -> Accel:
         """KVM or TCG for this node's guests (see the module docstring)."""
@@ -171,6 +180,12 @@ class Agent:
                 uploads=uploading.UploadReceiver(
                     self.client, node=cfg.node_name, volume_dirs=(cfg.data_dir / "volumes", *cfg.volume_dirs)
                 ),
+                exports=exporting.ExportSender(
+                    self.client,
+                    node=cfg.node_name,
+                    data_dir=cfg.data_dir,
+                    volume_dirs=(cfg.data_dir / "volumes", *cfg.volume_dirs),
+                ),
             )
             await self.server.start()
             endpoint = (cfg.address or _published_address(host), self.server.port)
@@ -186,10 +201,29 @@ class Agent:
         self.volumes = LocalVolumes(self.client, node=cfg.node_name, volume_dir=cfg.data_dir / "volumes")
         await self.volumes.start()
         self.importer = Importer(
-            self.client, node=cfg.node_name, volumes=self.volumes, image_cache=self.vmis.storage.image_cache
+            self.client,
+            node=cfg.node_name,
+            volumes=self.volumes,
+            image_cache=self.vmis.storage.image_cache,
+            volume_dirs=tuple(cfg.volume_dirs),
         )
         await self.importer.start()
+        self.shared_volumes = SharedVolumes(
+            self.client, node=cfg.node_name, volume_dirs=(cfg.data_dir / "volumes", *cfg.volume_dirs)
+        )
+        await self.shared_volumes.start()
         await self.vmis.start()
+        vmis = self.vmis
+        self.expander = VolumeExpander(
+            self.client,
+            node=cfg.node_name,
+            volume_dir=cfg.data_dir / "volumes",
+            sessions=lambda: [
+                (g.key, g.qmp) for g in vmis.guests.values() if g.qmp is not None and g.alive()
+            ],
+            enqueue_vmi=vmis.enqueue,
+        )
+        await self.expander.start()
         self.snapshots = SnapshotAgent(
             self.client,
             node=cfg.node_name,
@@ -198,18 +232,34 @@ class Agent:
             volume_dirs=(cfg.data_dir / "volumes", *cfg.volume_dirs),
         )
         await self.snapshots.start()
+        self.volume_snapshots = VolumeSnapshotAgent(
+            self.client,
+            node=cfg.node_name,
+            data_dir=cfg.data_dir,
+            vmis=self.vmis,
+            snapshots=self.snapshots,
+            volume_dirs=(cfg.data_dir / "volumes", *cfg.volume_dirs),
+        )
+        self.importer.restore_snapshot = self.volume_snapshots.restore
+        await self.volume_snapshots.start()
         log.info("node agent %s running (%s)", cfg.node_name, self.accel)
 
     async def stop(self) -> None:
         """Stop watching and heartbeating; running guests keep running."""
         if self.server is not None:
             await self.server.stop()
+        if self.volume_snapshots is not None:
+            await self.volume_snapshots.stop()
         if self.snapshots is not None:
             await self.snapshots.stop()
         if self.vmis is not None:
             await self.vmis.stop()
+        if self.expander is not None:
+            await self.expander.stop()
         if self.importer is not None:
             await self.importer.stop()
+        if self.shared_volumes is not None:
+            await self.shared_volumes.stop()
         if self.volumes is not None:
             await self.volumes.stop()
         if self.node is not None:

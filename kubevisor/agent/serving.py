@@ -23,6 +23,9 @@ path                            method     what
 
 ``PUT /v1/namespaces/{namespace}/persistentvolumeclaims/{name}/upload``: an image upload into a claim
 whose volume is on this node (:mod:`kubevisor.agent.uploading`).
+``GET .../persistentvolumeclaims/{name}/export`` and
+``GET /v1/namespaces/{namespace}/virtualmachinesnapshotcontents/{name}/volumes/{volume}/export``:
+VirtualMachineExport downloads (:mod:`kubevisor.agent.exporting`).
 
 Errors are ``Status`` bodies (code, reason, message naming the VMI) that the apiserver passes on; for a
 websocket they are the HTTP answer to the upgrade request.
@@ -49,6 +52,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from kubevisor.agent.refusals import Refusal
 from kubevisor.agent.vmis import Guest
 from kubevisor.api.registry import Obj
 from kubevisor.client import errors as client_errors
@@ -82,28 +86,16 @@ class VmiRuntime(Protocol):
     def guest_address(self, key: str) -> tuple[str | None, str] | None: ...
 
 
-class StreamError(Exception):
-    """A request the server refuses: HTTP ``code``, Kubernetes ``reason``, and a message."""
+class ExportHandlers(Protocol):
+    """What the server needs of the export sender (:class:`kubevisor.agent.exporting.ExportSender`)."""
 
-    def __init__(self, code: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
+    async def claim(self, request: Request) -> Response: ...
 
-    def status(self) -> Obj:
-        return {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        }
+    async def snapshot(self, request: Request) -> Response: ...
 
-    def response(self) -> Response:
-        return Response(orjson.dumps(self.status()), self.code, media_type="application/json")
+
+class StreamError(Refusal):
+    """A stream or action request the server refuses."""
 
 
 def server_ssl_context(cert: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
@@ -204,6 +196,7 @@ class AgentServer:
         guest_os_info: GuestOsInfo | None = None,
         netns: str | None = None,
         uploads: Callable[[Request], Awaitable[Response]] | None = None,
+        exports: ExportHandlers | None = None,
     ) -> None:
         self.runtime = runtime
         self.vmis = vmis
@@ -218,6 +211,9 @@ class AgentServer:
         """The network namespace the VMIs' addresses are reached from (the pod network's); None: ours."""
         self.uploads = uploads
         """Receives image uploads (:class:`kubevisor.agent.uploading.UploadReceiver`); None: 503."""
+        self.exports = exports
+        """Serves VirtualMachineExport downloads (:class:`kubevisor.agent.exporting.ExportSender`);
+        None: 503."""
         self.port = 0
         self._consoles: set[str] = set()
         self._server: uvicorn.Server | None = None
@@ -237,6 +233,16 @@ class AgentServer:
                     "/v1/namespaces/{namespace}/persistentvolumeclaims/{name}/upload",
                     self._upload,
                     methods=["PUT"],
+                ),
+                Route(
+                    "/v1/namespaces/{namespace}/persistentvolumeclaims/{name}/export",
+                    self._export_claim,
+                    methods=["GET"],
+                ),
+                Route(
+                    "/v1/namespaces/{namespace}/virtualmachinesnapshotcontents/{name}/volumes/{volume}/export",
+                    self._export_snapshot,
+                    methods=["GET"],
                 ),
             ]
         )
@@ -358,6 +364,16 @@ class AgentServer:
         if self.uploads is None:
             return StreamError(503, "ServiceUnavailable", "this node agent receives no uploads").response()
         return await self.uploads(request)
+
+    async def _export_claim(self, request: Request) -> Response:
+        if self.exports is None:
+            return StreamError(503, "ServiceUnavailable", "this node agent serves no exports").response()
+        return await self.exports.claim(request)
+
+    async def _export_snapshot(self, request: Request) -> Response:
+        if self.exports is None:
+            return StreamError(503, "ServiceUnavailable", "this node agent serves no exports").response()
+        return await self.exports.snapshot(request)
 
     async def _healthz(self, request: Request) -> Response:
         return Response(b"ok", media_type="text/plain")

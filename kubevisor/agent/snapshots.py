@@ -30,6 +30,17 @@ per image: ``.part`` then rename), after checking that the target VM runs nowher
 a new VM copies each image into a new directory under the node's first volume directory and creates a
 PersistentVolume for it, pre-bound to the claim the restore controller creates.
 
+Claims of NFS volumes (``spec.nfs``, :mod:`kubevisor.agent.nfsvolumes`: QEMU opens them with its own
+NFS client): a running VM's are backed up by the same ``blockdev-backup`` (QEMU reads over NFS); a stopped
+VM's are copied with ``qemu-img convert nfs://... <volume>.img``. Either way the snapshot's images stay on
+the snapshot's node, in ``DATA/snapshots`` like every other (not on the NFS server: a snapshot never
+takes room on the share, and exports and restores find it where they find the others). Putting one back
+converts the image into a temporary file beside the claim's image on the server, renamed over it in one
+NFS operation; the restore controller has made sure the VM is stopped (on every node). A restore as a new
+VM makes local volumes of the snapshot's node, also for NFS claims. A VM with NFS disks that starts on
+another node while its stopped disks are copied is not noticed here (the copy is not of one point in
+time); stop it, or snapshot it while it runs.
+
 Owner of: a content's ``status`` and its indications annotation; a restore's volumes-restored and
 restore-error annotations; the PersistentVolumes of restores as new VMs.
 """
@@ -48,7 +59,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kubevisor.agent import claims
+from kubevisor.agent import claims, nfsvolumes
 from kubevisor.agent.vmis import Guest, VmiController
 from kubevisor.api import snapshot as api
 from kubevisor.api.registry import Obj
@@ -186,7 +197,14 @@ class SnapshotAgent(Controller):
         except TimeoutError:
             await self._fail(content, directory, "the snapshot did not finish within its failureDeadline")
             return
-        except (SnapshotError, claims.ClaimError, imagecopy.CopyError, qemuimg.ImageError, OSError) as e:
+        except (
+            SnapshotError,
+            claims.ClaimError,
+            imagecopy.CopyError,
+            qemuimg.ImageError,
+            nfsvolumes.NfsVolumeError,
+            OSError,
+        ) as e:
             await self._fail(content, directory, str(e))
             return
         log.info(
@@ -220,7 +238,16 @@ class SnapshotAgent(Controller):
                 await imagecopy.dig_holes(directory / f"{volume}.img")
             return indications
         for volume, image in images.items():
-            await imagecopy.copy(image.path, directory / f"{volume}.img")
+            if image.nfs_server is not None:  # read through QEMU's NFS driver; the copy stays on this node
+                await nfsvolumes.copy_out(
+                    image.nfs_server,
+                    str(image.path),
+                    image.format,
+                    directory / f"{volume}.img",
+                    f"volume {volume} (claim {image.claim})",
+                )
+            else:
+                await imagecopy.copy(image.path, directory / f"{volume}.img")
         if self._running(key) is not None:
             raise SnapshotError(f"VM {vm_name} started while its stopped disks were copied; take it again")
         return []
@@ -449,6 +476,8 @@ class SnapshotAgent(Controller):
         except errors.NotFoundError:
             await self._annotate(restore, api.RESTORE_ERROR_ANNOTATION, f"content {content_name} is gone")
             return
+        except nfsvolumes.NfsVolumeError as e:  # the server may come back
+            raise TemporaryError(str(e), delay=5.0) from e
         except (SnapshotError, claims.ClaimError, imagecopy.CopyError, OSError) as e:
             await self._annotate(restore, api.RESTORE_ERROR_ANNOTATION, str(e))
             return
@@ -468,7 +497,17 @@ class SnapshotAgent(Controller):
             claim = str(((backup.get("persistentVolumeClaim") or {}).get("metadata") or {}).get("name"))
             field = f"spec.volumeBackups[{index}].persistentVolumeClaim"
             image = await self._resolve(namespace, claim, field)
-            await imagecopy.copy(source, image.path)
+            if image.nfs_server is not None:  # a temporary file beside the image, renamed over it
+                await nfsvolumes.replace(
+                    image.nfs_server,
+                    str(image.path),
+                    f"restore of claim {namespace}/{claim}",
+                    source=str(source),
+                    source_format=image.format,
+                    target_format=image.format,
+                )
+            else:
+                await imagecopy.copy(source, image.path)
             log.info("content %s/%s: volume %s restored into claim %s", namespace, name, volume, claim)
 
     async def _put_into_new(self, restore: Obj, content: Obj) -> None:

@@ -15,6 +15,13 @@ and the image untouched: the client uploads again.
 
 The checksum travels as ``Content-Digest: sha-256=:<base64>:`` (RFC 9530) and covers the bytes as sent.
 One upload per claim at a time (409 for a second one).
+
+Into a claim of an NFS volume (``spec.nfs``: nothing of it is on this node, QEMU and ``qemu-img`` reach
+it over NFS, :mod:`kubevisor.agent.nfsvolumes`): the body is written as above into a scratch image in the
+node's first volume directory (``.nfs-upload-<claim uid>/disk.img``; the node needs room for the image,
+sparse), checksum verified there, then copied to the server under a temporary name beside the claim's
+image and renamed over it in one NFS operation (:func:`kubevisor.agent.nfsvolumes.replace`); the scratch
+image is removed however the upload ends. The claim's image is never half-written.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import base64
 import binascii
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +39,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from kubevisor.agent import claims
+from kubevisor.agent import claims, nfsvolumes
+from kubevisor.agent.refusals import Refusal
 from kubevisor.api import cdi, upload
 from kubevisor.api.kubevirt_admission import parse_quantity
 from kubevisor.client import errors as client_errors
@@ -44,26 +53,8 @@ __all__ = ["UploadError", "UploadReceiver", "parse_content_digest"]
 log = logging.getLogger(__name__)
 
 
-class UploadError(Exception):
-    """An upload the agent refuses: HTTP ``code``, Kubernetes ``reason``, and a message."""
-
-    def __init__(self, code: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-
-    def response(self) -> Response:
-        body = {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        }
-        return Response(orjson.dumps(body), self.code, media_type="application/json")
+class UploadError(Refusal):
+    """An upload the agent refuses."""
 
 
 def parse_content_digest(value: str | None) -> str | None:
@@ -152,7 +143,8 @@ class UploadReceiver:
         source = (((pv or {}).get("spec") or {}).get("hostPath") or {}).get("path") or (
             ((pv or {}).get("spec") or {}).get("local") or {}
         ).get("path")
-        if pv is None or not source or not await asyncio.to_thread(os.path.exists, str(source)):
+        on_nfs = bool(((pv or {}).get("spec") or {}).get("nfs"))
+        if pv is None or not (on_nfs or (source and await asyncio.to_thread(os.path.exists, str(source)))):
             raise UploadError(
                 503, "ServiceUnavailable", f"{what}: its volume is not on node {self.node} yet; retry shortly"
             )
@@ -164,7 +156,7 @@ class UploadReceiver:
             try:
                 image = await claims.resolve(
                     name,
-                    "upload",
+                    claims.UPLOAD_FIELD,  # the upload target may be resolved before its upload succeeded
                     namespace=namespace,
                     node=self.node,
                     volume_dirs=self.volume_dirs,
@@ -175,20 +167,41 @@ class UploadReceiver:
                 raise UploadError(503, "ServiceUnavailable", f"{e}; retry shortly") from e
             except claims.ClaimError as e:
                 raise UploadError(409, "Conflict", str(e)) from e
+            if image.nfs_server is not None and not self.volume_dirs:
+                raise UploadError(
+                    503, "ServiceUnavailable", f"{what}: node {self.node} has no volume directory for scratch"
+                )
             capacity = (pvc.get("status") or {}).get("capacity") or {}
             requests = ((pvc.get("spec") or {}).get("resources") or {}).get("requests") or {}
             size = parse_quantity(capacity.get("storage") or requests.get("storage"))
             await self._annotate(namespace, name, {cdi.POD_PHASE_ANNOTATION: "Running"})
+            scratch = (
+                self.volume_dirs[0] / f".nfs-upload-{pvc['metadata'].get('uid') or name}"
+                if image.nfs_server is not None and self.volume_dirs
+                else None
+            )
             try:
                 result = await importing.import_image(
                     importing.StreamSource(
                         request.stream(), total=total, checksum=checksum, name=f"upload into {what}"
                     ),
-                    image.path,
+                    image.path if scratch is None else await _scratch_image(scratch),
                     size=int(size) if size else None,
                     target_format=image.format,
                     fsync=self.fsync,
                 )
+                if scratch is not None and image.nfs_server is not None:
+                    try:
+                        await nfsvolumes.replace(
+                            image.nfs_server,
+                            str(image.path),
+                            what,
+                            source=str(scratch / claims.DISK_IMG),
+                            source_format=image.format,
+                            target_format=image.format,
+                        )
+                    except nfsvolumes.NfsVolumeError as e:  # the server may come back: upload again
+                        raise importing.TransientImportError(str(e)) from e
             except importing.ImageImportError as e:
                 if e.permanent:
                     await self._annotate(
@@ -212,6 +225,9 @@ class UploadReceiver:
             except BaseException:
                 await self._annotate(namespace, name, {cdi.POD_PHASE_ANNOTATION: None})
                 raise
+            finally:
+                if scratch is not None:
+                    await asyncio.shield(asyncio.to_thread(shutil.rmtree, scratch, True))
             revert.success()
         await self._annotate(
             namespace,
@@ -243,3 +259,11 @@ class UploadReceiver:
             ),
             media_type="application/json",
         )
+
+
+async def _scratch_image(directory: Path) -> Path:
+    """``directory/disk.img``, the directory made empty: where an upload into an NFS volume is written
+    before it is copied to the server."""
+    await asyncio.to_thread(shutil.rmtree, directory, True)
+    await asyncio.to_thread(directory.mkdir, 0o700, True, False)
+    return directory / claims.DISK_IMG

@@ -35,8 +35,9 @@ Invariants:
 
 Owner of, in the VMI's status (from Scheduled on): ``phase``, the ``Ready``, ``LiveMigratable`` and
 ``Paused`` conditions, ``interfaces``, ``machine``, and the Running/Succeeded/Failed
-``phaseTransitionTimestamps``; and the hotplugged volumes' ``volumeStatus`` entries
-(:mod:`kubevisor.agent.hotplug`, run last in a Running VMI's reconcile).
+``phaseTransitionTimestamps``; the hotplugged volumes' ``volumeStatus`` entries
+(:mod:`kubevisor.agent.hotplug`, run late in a Running VMI's reconcile) and the other volumes' ones
+(:mod:`kubevisor.agent.volumestatus`: part of the Running write, then rewritten when a claim changes).
 
 Network: with the node's pod network on (:mod:`kubevisor.agent.networking`), the VMI's pod interface is
 attached (IP, tap, DHCP lease, masquerade entries) before QEMU starts, undone with the rest on failure,
@@ -54,6 +55,12 @@ Memory: each QEMU runs in its own memory cgroup (``.../kubevisor/<namespace>_<na
 QEMU runs; its path is recorded in the run directory (``cgroup``) so an adopted QEMU's is found again, and
 it is removed when QEMU is gone for good (finished, deleted, gone). Without writable cgroups QEMU runs
 unlimited (logged once).
+
+Storage every node reaches: a ReadWriteOnce claim of it is opened only as the holder of its
+VolumeAttachment (:mod:`kubevisor.agent.attachments`), taken while preparing (or hotplugging) and listed in
+the run directory; the agent releases what that list names whenever it finds the VMI's QEMU gone for good
+(finished, deleted, gone, a failed start), and on its own start the attachments of its node whose VMI it runs
+no QEMU for.
 
 Not yet: ``startStrategy: Paused`` (starts the VM running), guest agent, live migration.
 """
@@ -74,7 +81,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubevisor.agent import converting, guestagents, hotplug, networking, preparing
+from kubevisor.agent import (
+    attachments,
+    blockdevices,
+    claims,
+    converting,
+    guestagents,
+    hotplug,
+    networking,
+    preparing,
+    volumestatus,
+)
 from kubevisor.api.kubevirt import VirtualMachineInstanceSpec
 from kubevisor.api.kubevirt_admission import NODE_AGENT_FINALIZER, parse_quantity
 from kubevisor.api.registry import Obj
@@ -244,6 +261,10 @@ class VmiController(Controller):
         self.guests: dict[str, Guest] = {}
         """What runs, by VMI key (adopted or started by this agent)."""
         self._informer: Informer | None = None
+        self.attacher = attachments.Attacher(client, node)
+        """This node's VolumeAttachments."""
+        self._starting: set[str] = set()
+        """Uids of the VMIs whose QEMU is being started (they may hold attachments before they run)."""
         self.cgroups = cgroups.detect()
         self.guest_cpu = cpuweights.detect()
         """Where running guests go to rank below the node's services for CPU (cgroup v1)."""
@@ -260,6 +281,7 @@ class VmiController(Controller):
         keys = await self._adopt_all()
         if self.pod_network is not None:  # addresses of VMIs that left no run directory behind
             await self.pod_network.release_unknown(keys)
+        await self._sweep_attachments()
         await super().start()
         for key in keys:  # run directories whose VMI may be gone: no event would bring them up
             self.queue.add(key)
@@ -361,6 +383,7 @@ class VmiController(Controller):
         guest.qmp = qmp
         guest.shutdowns = guest.stack.enter_context(qmp.listen("SHUTDOWN"))
         self._follow_guest_agent(guest)
+        await blockdevices.release_in(qmp)  # its Block claims' loop devices go with it
 
     def _follow_guest_agent(self, guest: Guest) -> None:
         """Start following ``guest``'s qemu-ga; its changes enqueue the VMI's key."""
@@ -431,6 +454,31 @@ class VmiController(Controller):
         )
         guest.network_pending = False
 
+    async def _sweep_attachments(self) -> None:
+        """Release this node's VolumeAttachments whose VMI runs no QEMU here (before any start: an agent
+        that died between a QEMU's exit and the release left them)."""
+        live = {guest.uid for guest in self.guests.values() if guest.alive()}
+        try:
+            released = await self.attacher.sweep(live)
+        except errors.ClientError as e:  # the run directories' records are released as VMIs are seen
+            log.warning("node %s: VolumeAttachments not swept: %s", self.node, e)
+            return
+        if released:
+            log.info("node %s: released VolumeAttachments of gone VMIs: %s", self.node, ", ".join(released))
+
+    def _holds_qemu(self, uid: str) -> bool:
+        """A QEMU of this node runs, or is being started, for the VMI ``uid``."""
+        return uid in self._starting or any(g.uid == uid and g.alive() for g in self.guests.values())
+
+    async def _release_attachments(self, directory: Path, uid: str | None) -> None:
+        """Release the VolumeAttachments the run directory lists (its QEMU is gone for good)."""
+        if not attachments.recorded(directory):
+            return  # the common case: no API request
+        try:
+            await self.attacher.release_recorded(directory, uid or "")
+        except errors.ClientError as e:
+            raise TemporaryError(f"VolumeAttachments of {directory} not released yet: {e}", delay=2.0) from e
+
     async def _release_network(self, key: str, uid: str | None) -> None:
         """Detach the pod interface of the VMI ``key`` with ``uid`` (idempotent; no pod network: nothing)."""
         if self.pod_network is None:
@@ -495,6 +543,7 @@ class VmiController(Controller):
             await self._kill(guest)
             await self._let_go(guest)
             await self._release_network(key, guest.uid)
+            await self._release_attachments(guest.run.directory, guest.uid)
             self._remove_run_dir(key)
             guest = None
         if vmi["metadata"].get("deletionTimestamp"):
@@ -507,6 +556,8 @@ class VmiController(Controller):
                 await self._let_go(guest)
                 await self._release_network(key, guest.uid)
                 self._remove_cgroup(guest.run.directory)
+            namespace, name = split_key(key)
+            await self._release_attachments(self.run_dir(namespace or "", name), uid)
             return None
         if phase == "Running":
             if guest is None or not guest.alive():
@@ -517,6 +568,7 @@ class VmiController(Controller):
                 await self._sync_paused(vmi, guest)
                 await self._sync_guest_agent(vmi, guest)
                 await self._sync_hotplug(vmi, guest)
+                await self._sync_volume_status(vmi, guest)
             return None
         if phase != "Scheduled":
             return None
@@ -536,6 +588,7 @@ class VmiController(Controller):
         namespace, name = split_key(key)
         uid = guest.uid if guest is not None else self._record_uid(self.run_dir(namespace or "", name))
         await self._release_network(key, uid)
+        await self._release_attachments(self.run_dir(namespace or "", name), uid)
         self._remove_run_dir(key)
 
     async def _run(self, key: str, vmi: Obj, guest: Guest | None) -> None:
@@ -546,7 +599,12 @@ class VmiController(Controller):
             spec = converting.parse_spec(vmi.get("spec") or {})
             if guest is None:
                 vmi = await self._ensure_finalizer(vmi)
-                guest, domain = await self._start(vmi, spec, namespace or "", name)
+                uid = str(vmi["metadata"].get("uid") or "")
+                self._starting.add(uid)  # its attachments are live while it starts
+                try:
+                    guest, domain = await self._start(vmi, spec, namespace or "", name)
+                finally:
+                    self._starting.discard(uid)
             else:
                 domain = None
                 if guest.network_pending:  # adopted, and its network could not be restored then
@@ -641,8 +699,34 @@ class VmiController(Controller):
                 and claim in _writable_claims(self._informer.get(key))
             )
 
+        run_dir = self.run_dir(namespace, str(vmi["metadata"]["name"]))
+        uid = str(vmi["metadata"].get("uid") or "")
+
+        async def attach_claim(image: claims.ClaimedImage, volume: str) -> str | None:
+            name = attachments.attachment_name(image.volume)
+            attachments.remember(run_dir, volume, name)  # before the create: never held unrecorded
+            try:
+                await self.attacher.acquire(
+                    image, vmi=f"{namespace}/{vmi['metadata']['name']}", uid=uid, live_here=self._holds_qemu
+                )
+            except attachments.Refused as e:
+                attachments.forget(run_dir, volume)
+                return str(e)
+            return None
+
+        async def detach_claim(volume: str) -> None:
+            name = attachments.recorded(run_dir).get(volume)
+            if name is not None:
+                await self.attacher.release(name, uid)
+                attachments.forget(run_dir, volume)
+
         return preparing.Sources(
-            read=read, request_token=request_token, claim_users=claim_users, metadata=vmi["metadata"]
+            read=read,
+            request_token=request_token,
+            claim_users=claim_users,
+            attach_claim=attach_claim,
+            detach_claim=detach_claim,
+            metadata=vmi["metadata"],
         )
 
     async def _start(
@@ -664,6 +748,7 @@ class VmiController(Controller):
             return guest, None
         if directory.exists():  # leftovers of an earlier start, or of an earlier VMI of this name
             await self._release_network(key, self._record_uid(directory))
+            await self._release_attachments(directory, self._record_uid(directory))
         shutil.rmtree(directory, ignore_errors=True)
         pod_interfaces = networking.pod_interfaces(spec, uid) if self.pod_network is not None else []
         hostname = converting.hostname(name, spec)
@@ -732,6 +817,7 @@ class VmiController(Controller):
             except QmpError as e:
                 raise StartError(f"{e}; QEMU said: {_tail(run.qemu_log)}") from e
             revert.success()
+        await blockdevices.release_opened(v.path for v in prepared.volumes.values())  # go with QEMU
         self._lower_cpu_priority(guest)
         self._follow_guest_agent(guest)
         self._track(guest)
@@ -790,7 +876,24 @@ class VmiController(Controller):
                 for i in ((spec.get("domain") or {}).get("devices") or {}).get("interfaces") or []
             ]
             status["interfaces"] = networking.status_interfaces(nics, guest.attachments)
+        status = volumestatus.merged(status, await self._volume_entries(vmi, guest))  # no write of its own
         await self._write_status(vmi, status)
+
+    async def _volume_entries(self, vmi: Obj, guest: Guest) -> list[Obj]:
+        """The VMI's ``status.volumeStatus`` entries for volumes not hotplugged (:mod:`.volumestatus`)."""
+        read = self._sources(vmi, str(vmi["metadata"]["namespace"])).read
+        return await volumestatus.compute(
+            vmi.get("spec") or {}, guest.qmp, lambda claim: read("persistentvolumeclaims", claim)
+        )
+
+    async def _sync_volume_status(self, vmi: Obj, guest: Guest) -> None:
+        """A running VMI's claim volumes as their claims are now (grown, ...): written when changed."""
+        if not volumestatus.claim_names(vmi.get("spec") or {}):
+            return  # nothing of the entries written at Running can change
+        status = vmi.get("status") or {}
+        new = volumestatus.merged(status, await self._volume_entries(vmi, guest))
+        if new.get("volumeStatus") != status.get("volumeStatus"):
+            await self._write_status(vmi, new)
 
     async def _sync_paused(self, vmi: Obj, guest: Guest) -> None:
         """The ``Paused`` condition as QEMU's run state says (``paused``: paused by the user through the
@@ -851,6 +954,7 @@ class VmiController(Controller):
             sources=self._sources(vmi, str(vmi["metadata"]["namespace"])),
             recorder=self.recorder,
             write_status=lambda status: self._write_status(vmi, status),
+            held=attachments.recorded(guest.run.directory),
         )
 
     async def _write_finished(self, vmi: Obj, phase: str, reason: str, message: str) -> None:
@@ -887,6 +991,8 @@ class VmiController(Controller):
             await self.recorder.warning(vmi, "Crashed", f"VirtualMachineInstance crashed: {description}")
         meta = vmi["metadata"]  # after the status write: a failure here must not lose how QEMU ended
         await self._release_network(f"{meta['namespace']}/{meta['name']}", str(meta.get("uid") or ""))
+        run_dir = self.run_dir(meta["namespace"], meta["name"])
+        await self._release_attachments(run_dir, str(meta.get("uid") or ""))
 
     # --- deletion ----------------------------------------------------------------------------------
 
@@ -937,6 +1043,8 @@ class VmiController(Controller):
                 )
             await self._let_go(guest)
         await self._release_network(key, str(vmi["metadata"].get("uid") or ""))
+        namespace, name = split_key(key)
+        await self._release_attachments(self.run_dir(namespace or "", name), vmi["metadata"].get("uid"))
         self._remove_run_dir(key)
         await self._remove_finalizer(vmi)
         return None

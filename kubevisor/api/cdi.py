@@ -8,10 +8,14 @@ registry image, another claim, an upload, a blank image); VirtualMachines embed 
 Validation mirrors what CDI's webhook rejects without looking anything up: a DataVolume names exactly one
 of ``source`` / ``sourceRef``, a source names exactly one kind of source, and exactly one of ``pvc`` /
 ``storage`` is given (``pvc`` with a size). Status fields are owned by the DataVolume controller.
+A DataImportCron needs a registry source (CDI polls only registries), a valid five-field cron schedule
+(or ``""``: never poll), ``garbageCollect`` Outdated or Never, and a ``managedDataSource``; a DataSource
+may not point at itself.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import Field
@@ -25,7 +29,7 @@ from kubevisor.api.core import (
 )
 from kubevisor.api.meta import LabelSelector, ObjectMeta
 from kubevisor.api.registry import Kind, Obj, PrinterColumn
-from kubevisor.api.validation import FieldError
+from kubevisor.api.validation import FieldError, dns1123_label
 
 GROUP = "cdi.kubevirt.io"
 VERSION = "v1beta1"
@@ -34,14 +38,16 @@ VERSION = "v1beta1"
 # ``storage.import.*`` ones) and the node agent that imports (which writes ``storage.pod.*`` and progress),
 # named as CDI names them on its importer's claim.
 IMPORT_SOURCE_ANNOTATION = "cdi.kubevirt.io/storage.import.source"
-"""``http``, ``blank`` or ``registry``: the claim is filled by an import; it is not usable before
+"""``http``, ``s3``, ``blank`` or ``registry``: the claim is filled by an import; it is not usable before
 :data:`POD_PHASE_ANNOTATION` says ``Succeeded``."""
 IMPORT_ENDPOINT_ANNOTATION = "cdi.kubevirt.io/storage.import.endpoint"
-"""The URL (http) or image reference (registry)."""
+"""The URL (http, s3) or image reference (registry)."""
 IMPORT_SECRET_ANNOTATION = "cdi.kubevirt.io/storage.import.secretName"
-"""Secret with ``accessKeyId`` and ``secretKey`` (http basic auth)."""
+"""Secret with ``accessKeyId`` and ``secretKey`` (http basic auth, S3 keys, registry login)."""
 IMPORT_CERT_ANNOTATION = "cdi.kubevirt.io/storage.import.certConfigMap"
 """ConfigMap whose ``ca.pem`` (or only key) holds CA certificates to trust."""
+IMPORT_CHECKSUM_ANNOTATION = "kubevisor.io/import-checksum"
+"""``<algorithm>:<hex>`` the source's bytes must match (``spec.source.http.checksum``)."""
 POD_PHASE_ANNOTATION = "cdi.kubevirt.io/storage.pod.phase"
 """The import's state: ``Running``, ``Succeeded`` or ``Failed``; written by the node agent."""
 POD_RESTARTS_ANNOTATION = "cdi.kubevirt.io/storage.pod.restarts"
@@ -54,6 +60,25 @@ PROGRESS_ANNOTATION = "kubevisor.io/import-progress"
 """The import's progress as ``status.progress`` shows it (``"45.67%"``); written by the node agent."""
 IMPORT_NODE_LABEL = "kubevisor.io/import-node"
 """On a claim to import into: the node holding its volume, whose agent imports (it selects on it)."""
+
+# DataImportCron bookkeeping, named as CDI names it (``pkg/common`` and the DataImportCron controller).
+DATA_IMPORT_CRON_LABEL = "cdi.kubevirt.io/dataImportCron"
+"""On the DataVolumes, claims and DataSource a DataImportCron manages: the cron's name."""
+DATA_IMPORT_CRON_CLEANUP_LABEL = "cdi.kubevirt.io/dataImportCron.cleanup"
+"""``true`` on what is deleted with its DataImportCron (``retentionPolicy: None``)."""
+NEXT_CRON_TIME_ANNOTATION = "cdi.kubevirt.io/storage.import.nextCronTime"
+"""On a DataImportCron: when its source is polled next (RFC 3339); set it to now to poll at once."""
+LAST_CRON_TIME_ANNOTATION = "cdi.kubevirt.io/storage.import.lastCronTime"
+"""On a DataImportCron: when its source was last polled (RFC 3339)."""
+DESIRED_DIGEST_ANNOTATION = "cdi.kubevirt.io/storage.import.sourceDesiredDigest"
+"""On a DataImportCron: the digest its source had at the last poll (what should be imported)."""
+LAST_USE_TIME_ANNOTATION = "cdi.kubevirt.io/storage.import.lastUseTime"
+"""On a DataImportCron's DataVolumes and claims: when it last created or used them (garbage collection
+keeps the most recently used)."""
+IMMEDIATE_BINDING_ANNOTATION = "cdi.kubevirt.io/storage.bind.immediate.requested"
+"""On a DataVolume: bind its claim at once even on a WaitForFirstConsumer class."""
+MAX_DATA_SOURCE_DEPTH = 1
+"""A DataSource may point at another DataSource that points at a claim or snapshot, no further (CDI)."""
 
 # --- DataVolume ----------------------------------------------------------------------------------
 
@@ -71,6 +96,9 @@ class DataVolumeSourceHTTP(KubeModel):
     """Extra HTTP headers sent with the request."""
     secret_extra_headers: list[str] | None = None
     """Secrets each holding an extra HTTP header with sensitive content."""
+    checksum: str | None = None
+    """Expected checksum of the file as served, ``algorithm:hex`` (md5, sha1, sha256 or sha512); the
+    import fails when the downloaded bytes do not match."""
 
 
 class DataVolumeSourceS3(KubeModel):
@@ -403,11 +431,11 @@ class DataVolumeTemplate(KubeModel):
 
 
 class ImportStatus(KubeModel):
-    """One import a DataImportCron runs."""
+    """One import a DataImportCron runs (CDI spells these two JSON names with capitals)."""
 
-    data_volume_name: str
+    data_volume_name: str = Field(alias="DataVolumeName")
     """Name of the DataVolume doing the import."""
-    digest: str | None = None
+    digest: str | None = Field(default=None, alias="Digest")
     """Digest of the imported image."""
 
 
@@ -425,7 +453,8 @@ class DataImportCronSpec(KubeModel):
     managed_data_source: str
     """Name of the DataSource kept pointing at the latest import."""
     retention_policy: str | None = None
-    """RetainAll or None (delete the imports with the cron)."""
+    """None: delete the imports and the DataSource with the cron; anything else (CDI's value is All, the
+    default): keep them."""
     service_account_name: str | None = None
     """Service account the imports run as."""
 
@@ -525,6 +554,10 @@ class StorageProfile(KubeModel):
 
 # --- validation ----------------------------------------------------------------------------------
 
+_CHECKSUM = re.compile(
+    r"^(?:md5:[0-9a-fA-F]{32}|sha1:[0-9a-fA-F]{40}|sha256:[0-9a-fA-F]{64}|sha512:[0-9a-fA-F]{128})$"
+)
+"""``spec.source.http.checksum`` (CDI: ``algorithm:hash``, md5, sha1, sha256 or sha512)."""
 SOURCE_KINDS = ("http", "s3", "gcs", "registry", "pvc", "upload", "blank", "imageio", "vddk", "snapshot")
 
 
@@ -584,6 +617,15 @@ def validate_data_volume_spec(spec: Obj, path: str) -> list[FieldError]:
                     "FieldValueRequired",
                 )
             )
+    checksum = ((source or {}).get("http") or {}).get("checksum")
+    if checksum and not _CHECKSUM.match(str(checksum)):
+        errors.append(
+            FieldError(
+                f"{path}.source.http.checksum",
+                f"checksum {checksum!r} is not algorithm:hex with algorithm md5, sha1, sha256 or sha512 "
+                '(e.g. "sha256:<64 hex digits>")',
+            )
+        )
     content_type = spec.get("contentType")
     if content_type not in (None, "", "kubevirt", "archive"):
         errors.append(
@@ -606,7 +648,102 @@ def _data_source_validate(obj: Obj, old: Obj | None) -> list[FieldError]:
         return [
             FieldError("spec.source", "DataSource source must have at most one of pvc, snapshot, dataSource")
         ]
+    pointer = source.get("dataSource") or {}
+    meta = obj.get("metadata") or {}
+    if (
+        pointer
+        and pointer.get("name") == meta.get("name")
+        and pointer.get("namespace") == meta.get("namespace")
+    ):
+        return [
+            FieldError(
+                "spec.source.dataSource",
+                "DataSource cannot point to itself: name another DataSource",
+                "FieldValueNotSupported",
+            )
+        ]
     return []
+
+
+GARBAGE_COLLECT = ("Outdated", "Never")
+
+
+def _data_import_cron_validate(obj: Obj, old: Obj | None) -> list[FieldError]:
+    """What CDI's DataImportCron webhook rejects: a template without a registry source (CDI polls only
+    registries), fields a cron cannot set, an invalid schedule or garbage-collection value, no
+    managedDataSource."""
+    spec = obj.get("spec") or {}
+    template_spec = (spec.get("template") or {}).get("spec") or {}
+    registry = (template_spec.get("source") or {}).get("registry")
+    if not registry:
+        return [
+            FieldError(
+                "spec.template.spec.source.registry",
+                "Missing registry source: a DataImportCron polls a registry image "
+                "(source.registry.url: docker://host/repository:tag)",
+                "FieldValueRequired",
+            )
+        ]
+    errors: list[FieldError] = []
+    if not registry.get("url"):
+        errors.append(
+            FieldError(
+                "spec.template.spec.source.registry.url",
+                "Missing registry url: set docker://host/repository:tag (imageStream is OpenShift-only)",
+                "FieldValueRequired",
+            )
+        )
+    unsettable = [
+        k for k in ("sourceRef", "contentType", "checkpoints", "finalCheckpoint") if template_spec.get(k)
+    ]
+    if unsettable:
+        errors.append(
+            FieldError(
+                "spec.template.spec",
+                f"Unsettable fields in a DataImportCron template: {', '.join(unsettable)}; remove them",
+            )
+        )
+    errors += validate_data_volume_spec(template_spec, "spec.template.spec")
+    schedule = spec.get("schedule")
+    if not isinstance(schedule, str):
+        errors.append(FieldError("spec.schedule", 'schedule is required (cron syntax, or "" to never poll)'))
+    elif schedule and not _valid_schedule(schedule):
+        errors.append(
+            FieldError(
+                "spec.schedule",
+                f'Illegal cron schedule {schedule!r}: use five fields, e.g. "0 */12 * * *"',
+            )
+        )
+    collect = spec.get("garbageCollect")
+    if collect is not None and collect not in GARBAGE_COLLECT:
+        errors.append(
+            FieldError(
+                "spec.garbageCollect",
+                f"Illegal GarbageCollect value {collect!r}: use Outdated or Never",
+                "FieldValueNotSupported",
+            )
+        )
+    keep = spec.get("importsToKeep")
+    if keep is not None and (not isinstance(keep, int) or keep < 0):
+        errors.append(FieldError("spec.importsToKeep", f"importsToKeep {keep!r} must be a number >= 0"))
+    managed = spec.get("managedDataSource")
+    if not managed:
+        errors.append(
+            FieldError(
+                "spec.managedDataSource",
+                "Illegal ManagedDataSource value: name the DataSource this cron keeps up to date",
+                "FieldValueRequired",
+            )
+        )
+    else:
+        errors += dns1123_label(str(managed), "spec.managedDataSource")
+    return errors
+
+
+def _valid_schedule(schedule: str) -> bool:
+    from croniter import croniter  # a validation helper only; kept off the import path of the API types
+
+    return len(schedule.split()) == 5 and bool(croniter.is_valid(schedule))
 
 
 AGE = PrinterColumn("Age", "date", ".metadata.creationTimestamp")
@@ -655,6 +792,7 @@ KINDS: list[Kind] = [
         DataImportCron,
         short_names=("dic", "dics"),
         categories=("all",),
+        validator=_data_import_cron_validate,
         printer_columns=(
             PrinterColumn(
                 "Format",

@@ -12,8 +12,10 @@ import binascii
 from kubevisor.api import (
     authz,
     cdi,
+    claimupdates,
     coordination,
     core,
+    export,
     instancetype,
     kubevirt,
     pool,
@@ -21,6 +23,7 @@ from kubevisor.api import (
     snapshot,
     storage,
     upload,
+    volumesnapshot,
 )
 from kubevisor.api.registry import Kind, Obj, PrinterColumn
 from kubevisor.api.validation import FieldError
@@ -305,6 +308,7 @@ KINDS: list[Kind] = [
             PrinterColumn("VolumeMode", json_path=".spec.volumeMode", priority=1),
         ),
         defaulter=_claim_default,
+        validator=claimupdates.validate_claim_update,
     ),
     Kind(
         "coordination.k8s.io",
@@ -401,6 +405,8 @@ def all_kinds() -> list[Kind]:
         *instancetype.KINDS,
         *pool.KINDS,
         *snapshot.KINDS,
+        *volumesnapshot.KINDS,
+        *export.KINDS,
         *cdi.KINDS,
         *upload.KINDS,
     ]

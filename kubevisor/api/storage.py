@@ -1,4 +1,4 @@
-"""storage.k8s.io/v1 kinds: StorageClass.
+"""storage.k8s.io/v1 kinds: StorageClass, VolumeAttachment.
 
 JSON names follow Kubernetes' ``k8s.io/api/storage/v1``. A StorageClass names the provisioner that creates
 PersistentVolumes for claims of the class, what happens to a volume whose claim is deleted
@@ -8,9 +8,18 @@ PersistentVolumes for claims of the class, what happens to a volume whose claim 
 As in Kubernetes, the fields of a class cannot change after creation (but ``allowVolumeExpansion``,
 labels and annotations); the class marked with :data:`DEFAULT_CLASS_ANNOTATION` = ``"true"`` is the one
 claims without ``storageClassName`` get from kubevisor's DataVolume controller.
+
+A VolumeAttachment (cluster-scoped) records that a volume is attached to a node, as Kubernetes' attach/detach
+controller records it for CSI drivers. kubevisor's node agent (attacher :data:`AGENT_ATTACHER`) writes one
+before a QEMU opens a writable ReadWriteOnce claim of storage every node reaches; its name is derived from the
+PersistentVolume alone, so the API server's create (which fails on an existing name) makes it exclusive in the
+whole cluster (:mod:`kubevisor.agent.attachments` says who creates, takes over and deletes them). As in
+Kubernetes, the spec cannot change after creation.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import Field
 
@@ -40,6 +49,8 @@ VOLUME_CAPACITY_ANNOTATION = "kubevisor.io/volume-capacity-bytes"
 RECLAIM_POLICIES = ("Delete", "Retain", "Recycle")
 BINDING_MODES = ("Immediate", "WaitForFirstConsumer")
 IMMUTABLE = ("provisioner", "parameters", "reclaimPolicy", "volumeBindingMode", "mountOptions")
+AGENT_ATTACHER = "kubevisor.io/agent"
+"""``spec.attacher`` of the VolumeAttachments kubevisor's node agent writes."""
 
 
 class StorageClass(KubeModel):
@@ -66,6 +77,65 @@ class StorageClass(KubeModel):
     (or an import) using the claim is scheduled to a node."""
     allowed_topologies: list[dict[str, object]] | None = None
     """Topologies volumes may be provisioned in (unused)."""
+
+
+class VolumeAttachmentSource(KubeModel):
+    """What is attached: a PersistentVolume (by name) or an inline volume."""
+
+    persistent_volume_name: str | None = None
+    """The PersistentVolume attached."""
+    inline_volume_spec: dict[str, Any] | None = None
+    """A PersistentVolume spec of an inline volume (from a migrated in-tree volume; unused by kubevisor)."""
+
+
+class VolumeAttachmentSpec(KubeModel):
+    """Which volume is attached to which node, by whom (immutable)."""
+
+    attacher: str
+    """Who attaches it (a CSI driver's name; kubevisor's node agent: ``kubevisor.io/agent``)."""
+    source: VolumeAttachmentSource
+    """The volume attached."""
+    node_name: str
+    """The node it is attached to."""
+
+
+class VolumeError(KubeModel):
+    """An error of an attach or detach operation."""
+
+    time: str | None = None
+    """When it happened."""
+    message: str | None = None
+    """What went wrong."""
+    error_code: int | None = None
+    """A numeric error code (gRPC's for CSI drivers)."""
+
+
+class VolumeAttachmentStatus(KubeModel):
+    """What the attacher reports (owner: the attacher)."""
+
+    attached: bool = False
+    """Whether the volume is attached (kubevisor: granted to the node, written right after the create)."""
+    attachment_metadata: dict[str, str] | None = None
+    """What the attacher tells about the attachment (kubevisor: nothing yet)."""
+    attach_error: VolumeError | None = None
+    """The last attach error."""
+    detach_error: VolumeError | None = None
+    """The last detach error."""
+
+
+class VolumeAttachment(KubeModel):
+    """The attachment of a volume to a node (cluster-scoped)."""
+
+    api_version: str | None = f"{GROUP}/{VERSION}"
+    """storage.k8s.io/v1."""
+    kind: str | None = "VolumeAttachment"
+    """VolumeAttachment."""
+    metadata: ObjectMeta | None = None
+    """Standard object metadata."""
+    spec: VolumeAttachmentSpec
+    """What is attached where."""
+    status: VolumeAttachmentStatus | None = None
+    """The attacher's report."""
 
 
 def _default(obj: Obj) -> None:
@@ -111,6 +181,31 @@ def _allow_expansion(obj: Obj) -> str:
     return "true" if obj.get("allowVolumeExpansion") else "false"
 
 
+def _validate_attachment(obj: Obj, old: Obj | None) -> list[FieldError]:
+    spec = obj.get("spec") or {}
+    errors: list[FieldError] = []
+    if not spec.get("attacher"):
+        errors.append(FieldError("spec.attacher", "Required value: name the attacher", "FieldValueRequired"))
+    if not spec.get("nodeName"):
+        errors.append(FieldError("spec.nodeName", "Required value: name the node", "FieldValueRequired"))
+    source = spec.get("source") or {}
+    if bool(source.get("persistentVolumeName")) == bool(source.get("inlineVolumeSpec")):
+        errors.append(
+            FieldError(
+                "spec.source",
+                "Required value: exactly one of persistentVolumeName and inlineVolumeSpec must be set",
+                "FieldValueRequired",
+            )
+        )
+    if old is not None and spec != (old.get("spec") or {}):
+        errors.append(FieldError("spec", "field is immutable: delete and recreate the attachment"))
+    return errors
+
+
+def _attached(obj: Obj) -> str:
+    return "true" if (obj.get("status") or {}).get("attached") else "false"
+
+
 KINDS: list[Kind] = [
     Kind(
         GROUP,
@@ -130,5 +225,23 @@ KINDS: list[Kind] = [
         ),
         defaulter=_default,
         validator=_validate,
+    ),
+    Kind(
+        GROUP,
+        VERSION,
+        "VolumeAttachment",
+        "volumeattachments",
+        VolumeAttachment,
+        namespaced=False,
+        strategic_merge=True,
+        printer_columns=(
+            PrinterColumn("Attacher", json_path=".spec.attacher"),
+            PrinterColumn("PV", json_path=".spec.source.persistentVolumeName"),
+            PrinterColumn("Node", json_path=".spec.nodeName"),
+            PrinterColumn("Attached", value=_attached),
+            PrinterColumn("Age", "date", ".metadata.creationTimestamp"),
+        ),
+        field_selectors={"spec.nodeName": "spec.nodeName", "spec.attacher": "spec.attacher"},
+        validator=_validate_attachment,
     ),
 ]

@@ -32,7 +32,10 @@ from kubevisor.api.registry import Kind, Obj, Registry
 from kubevisor.api.validation import FieldError
 from kubevisor.apiserver import (
     admission,
+    claimresize,
+    cloneauth,
     errors,
+    exports,
     hotplugging,
     patching,
     tables,
@@ -299,6 +302,9 @@ class ApiServer:
         is_upload, upload_target = uploads.parse_path(path)
         if is_upload:  # authenticated by its upload token, not as an API user
             return await self._upload(request, upload_target)
+        download = exports.parse_path(path)
+        if download is not None:  # authenticated by the export's token, not as an API user
+            return await self._download(request, download)
         user = await self.authenticate(request)
         if user is None:
             raise errors.ApiError(401, "Unauthorized", "Unauthorized")
@@ -698,6 +704,7 @@ class ApiServer:
         admission.admit(
             kind, obj, None, field_validation=field_validation, duplicates=dups, warnings=warnings
         )
+        await cloneauth.check(self.rbac.authorize, user, kind, obj, target.namespace)
         created = await self.objects.create(kind, obj, dry_run=self._dry_run(request))
         return self._render(request, kind, created, 201, warnings)
 
@@ -739,9 +746,14 @@ class ApiServer:
                 new["metadata"]["resourceVersion"] = wanted_rv
             else:
                 new["metadata"].pop("resourceVersion", None)
-            return admission.admit(
+            admitted = admission.admit(
                 kind, new, current, field_validation=field_validation, duplicates=dups, warnings=warnings
             )
+            await claimresize.admit(
+                self.objects, self.registry, kind, admitted, current, subresource=target.subresource
+            )
+            await cloneauth.check(self.rbac.authorize, user, kind, admitted, target.namespace, old=current)
+            return admitted
 
         updated = await self.objects.update(
             kind, target.namespace, target.name, compute, dry_run=self._dry_run(request)
@@ -778,9 +790,14 @@ class ApiServer:
                 raise errors.method_not_allowed()
             new = self.objects.merge_update(kind, current, patched, target.subresource)
             new["metadata"]["resourceVersion"] = meta.get("resourceVersion")
-            return admission.admit(
+            admitted = admission.admit(
                 kind, new, current, field_validation=field_validation, duplicates=[], warnings=warnings
             )
+            await claimresize.admit(
+                self.objects, self.registry, kind, admitted, current, subresource=target.subresource
+            )
+            await cloneauth.check(self.rbac.authorize, user, kind, admitted, target.namespace, old=current)
+            return admitted
 
         updated = await self.objects.update(
             kind, target.namespace, target.name, compute, dry_run=self._dry_run(request)
@@ -1034,6 +1051,24 @@ class ApiServer:
                 "pvc": self._kind("", "v1", "persistentvolumeclaims"),
                 "pv": self._kind("", "v1", "persistentvolumes"),
                 "node": self._kind("", "v1", "nodes"),
+            },
+            agent_tls=self.agent_tls,
+        )
+
+    async def _download(self, request: Request, target: exports.ExportTarget) -> Response:
+        """A VirtualMachineExport download (see :mod:`kubevisor.apiserver.exports`)."""
+        return await exports.proxy_download(
+            request,
+            target,
+            objects=self.objects,
+            kinds={
+                "export": self._kind("export.kubevirt.io", "v1", "virtualmachineexports"),
+                "secret": self._kind("", "v1", "secrets"),
+                "pvc": self._kind("", "v1", "persistentvolumeclaims"),
+                "pv": self._kind("", "v1", "persistentvolumes"),
+                "node": self._kind("", "v1", "nodes"),
+                "snapshot": self._kind("snapshot.kubevirt.io", "v1beta1", "virtualmachinesnapshots"),
+                "content": self._kind("snapshot.kubevirt.io", "v1beta1", "virtualmachinesnapshotcontents"),
             },
             agent_tls=self.agent_tls,
         )

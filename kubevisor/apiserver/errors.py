@@ -84,7 +84,7 @@ def conflict(kind: Kind, name: str, why: str | None = None) -> ApiError:
 
 
 def invalid(kind: Kind, name: str | None, errors: Sequence[FieldError]) -> ApiError:
-    parts = "; ".join(f"{e.field}: {_reason_text(e.reason)}: {e.message}" for e in errors)
+    parts = "; ".join(_error_text(e) for e in errors)
     label = f'{kind.kind} "{name}"' if name else kind.kind
     return ApiError(
         422,
@@ -92,6 +92,14 @@ def invalid(kind: Kind, name: str | None, errors: Sequence[FieldError]) -> ApiEr
         f"{label} is invalid: [{parts}]" if len(errors) > 1 else f"{label} is invalid: {parts}",
         details=_details(kind, name, errors),
     )
+
+
+def _error_text(error: FieldError) -> str:
+    """Kubernetes' ``field: Reason text: detail``, without the detail when it only repeats the reason."""
+    reason = _reason_text(error.reason)
+    if not error.message or error.message == reason:
+        return f"{error.field}: {reason}"
+    return f"{error.field}: {reason}: {error.message}"
 
 
 def _reason_text(reason: str) -> str:

@@ -31,16 +31,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from kubevisor.api import cdi, upload
 from kubevisor.api.registry import Kind, Obj
 from kubevisor.apiserver import errors
+from kubevisor.apiserver.agentproxy import RETRY_AFTER, agent_base, agent_error, node_of_volume
 from kubevisor.apiserver.auth import User
 from kubevisor.apiserver.pki import TokenIssuer
-from kubevisor.apiserver.resources import Filter, Objects
+from kubevisor.apiserver.resources import Objects
 
 __all__ = [
     "PROXY_PATHS",
@@ -64,10 +64,7 @@ PROXY_PATHS = frozenset(
 AGENT_CONNECT_TIMEOUT = 10.0
 AGENT_RESULT_TIMEOUT = 3600.0
 """Seconds the agent may take between bytes, and to convert after the last one."""
-RETRY_AFTER = "2"
 BATCH = 1 << 20
-SELECTED_NODE = "volume.kubernetes.io/selected-node"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
 FORWARDED_HEADERS = ("content-length", "content-digest", "content-type")
 
 
@@ -158,21 +155,6 @@ def _unavailable(target: UploadTarget, why: str) -> errors.ApiError:
     )
 
 
-def _node_of(pv: Obj | None, pvc: Obj) -> str | None:
-    """The node holding the volume: the PersistentVolume's hostname node affinity, else the claim's
-    selected node."""
-    terms = ((((pv or {}).get("spec") or {}).get("nodeAffinity") or {}).get("required") or {}).get(
-        "nodeSelectorTerms"
-    ) or []
-    for term in terms:
-        for expr in term.get("matchExpressions") or []:
-            values = expr.get("values") or []
-            if expr.get("key") == HOSTNAME_LABEL and expr.get("operator") == "In" and len(values) == 1:
-                return str(values[0])
-    selected = (pvc["metadata"].get("annotations") or {}).get(SELECTED_NODE)
-    return str(selected) if selected else None
-
-
 async def _agent_url(objects: Objects, kinds: dict[str, Kind], target: UploadTarget) -> str:
     try:
         pvc = await objects.get(kinds["pvc"], target.namespace, target.pvc)
@@ -202,38 +184,14 @@ async def _agent_url(objects: Objects, kinds: dict[str, Kind], target: UploadTar
         pv: Obj | None = await objects.get(kinds["pv"], None, str(volume))
     except errors.ApiError:
         pv = None
-    node_name = _node_of(pv, pvc)
-    if node_name is None:
-        nodes = (await objects.list(kinds["node"], None, Filter(None, None))).items
-        if len(nodes) != 1:
-            raise _unavailable(target, f"PersistentVolume {volume} names no node (nodeAffinity)")
-        node: Obj = nodes[0]
-    else:
-        try:
-            node = await objects.get(kinds["node"], None, node_name)
-        except errors.ApiError as e:
-            raise _unavailable(target, f"its node {node_name} does not exist") from e
-    status: Obj = node.get("status") or {}
-    addresses = {a.get("type"): a.get("address") for a in status.get("addresses") or []}
-    host = addresses.get("InternalIP")
-    port = ((status.get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}).get("Port")
-    if not host or not isinstance(port, int) or not port:
-        raise _unavailable(target, f"the agent of node {node['metadata']['name']} publishes no server")
-    host_part = f"[{host}]" if ":" in str(host) else str(host)
-    return f"https://{host_part}:{port}{target.agent_path}"
-
-
-def _agent_error(target: UploadTarget, code: int, body: bytes) -> errors.ApiError:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        data = None
-    if isinstance(data, dict) and data.get("kind") == "Status" and data.get("message"):
-        headers = {"Retry-After": RETRY_AFTER} if code == 503 else None
-        return errors.ApiError(
-            code, str(data.get("reason") or "InternalError"), str(data["message"]), headers=headers
-        )
-    return _unavailable(target, f"its node agent answered HTTP {code}")
+    base = await agent_base(
+        objects,
+        kinds["node"],
+        node_of_volume(pv, pvc),
+        lambda why: _unavailable(target, why),
+        no_node=f"PersistentVolume {volume} names no node (nodeAffinity)",
+    )
+    return base + target.agent_path
 
 
 async def _batched(request: Request) -> AsyncIterator[bytes]:
@@ -280,6 +238,6 @@ async def proxy_upload(
     except httpx.HTTPError as e:
         raise _unavailable(target, f"its node agent is unreachable ({e or type(e).__name__})") from e
     if response.status_code >= 300:
-        raise _agent_error(target, response.status_code, response.content)
+        raise agent_error(response.status_code, response.content, lambda why: _unavailable(target, why))
     log.info("upload into %s done", target.what)
     return Response(response.content, 200, media_type="application/json")

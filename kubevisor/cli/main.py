@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="HOST[:PORT]",
-        help="pull containerDisks from this registry over plain HTTP (repeatable; loopback ones always are)",
+        help="pull containerDisks and poll DataImportCron sources from this registry over plain HTTP "
+        "(repeatable; loopback ones always are)",
     )
     up.add_argument(
         "--host-disk-dir",
@@ -115,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
 
     streams.add_parsers(sub)
     uploading.add_parser(sub)
+    from kubevisor.cli import vmexport
+
+    vmexport.add_parser(sub)
     return parser
 
 
@@ -212,6 +216,7 @@ async def _up(args: argparse.Namespace) -> int:
             controllers=not args.no_controllers,
             agent=not args.no_agent,
             agent_config=_agent_config(args),
+            insecure_registries=tuple(args.insecure_registry),
         )
     except ValueError as exc:
         print(f"kubevisor up: {exc}", file=sys.stderr)
@@ -268,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         from kubevisor.cli import uploading
 
         return uploading.run(args, _kubeconfig(args.kubeconfig))
+    if args.command == "vmexport":
+        from kubevisor.cli import vmexport
+
+        return vmexport.run(args, _kubeconfig(args.kubeconfig))
     return 2
 
 

@@ -196,15 +196,8 @@ async def _send(config: Config, args: argparse.Namespace, token: str, digest: st
     """POST the file to the upload proxy; retries 503 until ``--wait-secs``; the answer's JSON."""
     import httpx
     import orjson
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
 
+    from kubevisor.cli.progress import transfer_progress
     from kubevisor.client import errors
 
     base = (args.uploadproxy_url or config.server).rstrip("/")
@@ -223,14 +216,7 @@ async def _send(config: Config, args: argparse.Namespace, token: str, digest: st
     async with httpx.AsyncClient(verify=ctx, timeout=timeout, trust_env=False) as http:
         while True:
             with (
-                Progress(
-                    BarColumn(),
-                    DownloadColumn(binary_units=True),
-                    TransferSpeedColumn(),
-                    TimeRemainingColumn(),
-                    console=Console(stderr=True),
-                    disable=not sys.stderr.isatty(),
-                ) as progress,
+                transfer_progress() as progress,
                 open(args.image_path, "rb") as f,  # noqa: ASYNC230 (reads go to a thread)
             ):
                 task = progress.add_task("upload", total=size)

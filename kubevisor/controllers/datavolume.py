@@ -19,10 +19,22 @@ agent of the node holding the volume (:mod:`kubevisor.agent.importing`) runs the
    ``ImportScheduled`` -> ``ImportInProgress`` (``progress``) -> ``Succeeded`` | ``Failed``;
    ``restartCount``; conditions ``Bound``, ``Running``, ``Ready`` with CDI's reasons.
 
-Sources: ``http``, ``blank`` and ``registry`` are imported; ``upload`` claims are upload targets
+Sources: ``http``, ``s3``, ``blank`` and ``registry`` are imported; ``upload`` claims are upload targets
 (annotation ``cdi.kubevirt.io/storage.upload.target``), filled through the apiserver's upload proxy
-(``_upload_status``: ``UploadScheduled`` -> ``UploadReady`` -> ``Succeeded`` | ``Failed``). Others
-(``pvc``, ``s3``, ...) get their claim and then stay ``Pending`` with a ``Running`` condition saying so.
+(``_upload_status``: ``UploadScheduled`` -> ``UploadReady`` -> ``Succeeded`` | ``Failed``). ``pvc`` is a
+clone (:mod:`kubevisor.controllers.cloning`: ``CloneScheduled`` -> ``CloneInProgress`` -> ``Succeeded``; the
+node agent copies the image). ``snapshot`` (a VolumeSnapshot, or a ``sourceRef`` DataSource naming one) is
+restored the same way (same phases; the rules are in :mod:`kubevisor.controllers.cloning`, the copy from the
+snapshot's data on its node in :mod:`kubevisor.agent.volumesnapshots`). Others get their claim and then stay
+``Pending`` with a ``Running`` condition saying so.
+
+``spec.sourceRef`` (a DataSource, as VMs' ``dataVolumeTemplates`` commonly use) is resolved with
+:func:`kubevisor.controllers.datasource.resolve_source_ref` to the claim the DataSource names, and that
+claim is cloned as above (the claim chosen is fixed once the target claim exists). Until it resolves the
+DataVolume is ``Pending`` without a claim, its conditions saying why: ``CloneWithoutSource`` while the
+DataSource does not exist, ``CrossNamespaceClone`` for a DataSource naming a claim outside its own
+namespace, else the DataSource's own reason (``NoSource``, ...). A DataSource of another namespace needs the
+creator's clone permission there, checked by the API server (:mod:`kubevisor.apiserver.cloneauth`).
 
 Owner of DataVolume ``status`` and of the claims it creates (spec, the ``storage.import.*`` annotations,
 the import-node label). Keys: ``namespace/name`` of the DataVolume.
@@ -33,13 +45,16 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from typing import Any
 
-from kubevisor.api import cdi, storage, upload
+from kubevisor.api import cdi, storage, upload, volumesnapshot
 from kubevisor.api.registry import Obj
 from kubevisor.client import errors
 from kubevisor.client.events import EventRecorder
 from kubevisor.client.informers import Informer
 from kubevisor.client.requesting import Client, ResourceClient
+from kubevisor.controllers import cloning
+from kubevisor.controllers.datasource import resolve_source_ref
 from kubevisor.controllers.provisioning import node_of_volume
 from kubevisor.controllers.reconciling import Controller, Result, TemporaryError
 
@@ -48,7 +63,9 @@ __all__ = ["DataVolumeController", "claim_for"]
 log = logging.getLogger(__name__)
 
 GROUP_VERSION = "cdi.kubevirt.io/v1beta1"
-IMPORTED = ("http", "blank", "registry")
+IMPORTED = ("http", "s3", "blank", "registry")
+"""Sources the node agent imports; their ``url``, ``secretRef``, ``certConfigMap`` (and http's
+``checksum``) reach it as the claim's ``storage.import.*`` annotations."""
 
 
 def _now() -> str:
@@ -91,8 +108,12 @@ def claim_for(dv: Obj, default_class: str | None, profile: Obj | None) -> Obj:
             annotations[cdi.IMPORT_SECRET_ANNOTATION] = str(source["secretRef"])
         if source.get("certConfigMap"):
             annotations[cdi.IMPORT_CERT_ANNOTATION] = str(source["certConfigMap"])
+        if source.get("checksum"):
+            annotations[cdi.IMPORT_CHECKSUM_ANNOTATION] = str(source["checksum"])
     elif kind == "upload":
         annotations[upload.UPLOAD_TARGET] = ""
+    elif kind == "pvc" and (clone_source := cloning.source_of(dv)) is not None:
+        annotations.update(cloning.claim_annotations(*clone_source))
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
@@ -144,10 +165,43 @@ class DataVolumeController(Controller):
         self._nodes: Informer | None = None
         self._classes: Informer | None = None
         self._profiles: Informer | None = None
+        self._datasources: Informer | None = None
+        """DataSources: ``spec.sourceRef`` resolves through them (:func:`_clone_source`)."""
+        self._vmis: Informer | None = None
+        """VMIs: a clone waits while its source claim is in use (:mod:`kubevisor.controllers.cloning`)."""
+        self._volume_snapshots: Informer | None = None
+        """VolumeSnapshots: ``spec.source.snapshot`` restores wait for theirs to be ready."""
+        self._snapshot_contents: Informer | None = None
+        """VolumeSnapshotContents: a restore is placed on its content's node."""
 
     def setup(self) -> None:
         self._dvs = self.watch(self.dvs)
-        self._claims = self.watch(self.pvcs, keys=self._owner_keys)
+        self._claims = self.watch(
+            self.pvcs,
+            keys=lambda pvc: (
+                self._owner_keys(pvc)
+                + self._clone_keys(pvc["metadata"].get("namespace"), {pvc["metadata"].get("name")})
+            ),
+        )
+        self._datasources = self.watch(
+            self.client.resource(GROUP_VERSION, "datasources"), keys=self._source_ref_keys
+        )
+        self._vmis = self.watch(
+            self.client.resource("kubevirt.io/v1", "virtualmachineinstances"),
+            keys=lambda vmi: self._clone_keys(vmi["metadata"].get("namespace"), cloning.claims_of(vmi)),
+        )
+        if self.client.registry.get(volumesnapshot.GROUP, volumesnapshot.VERSION, "volumesnapshots"):
+            self._volume_snapshots = self.watch(
+                self.client.resource(volumesnapshot.API_VERSION, "volumesnapshots"),
+                keys=lambda s: self._restore_keys(s["metadata"].get("namespace"), s["metadata"].get("name")),
+            )
+            self._snapshot_contents = self.watch(
+                self.client.resource(volumesnapshot.API_VERSION, "volumesnapshotcontents"),
+                keys=lambda c: self._restore_keys(
+                    ((c.get("spec") or {}).get("volumeSnapshotRef") or {}).get("namespace"),
+                    ((c.get("spec") or {}).get("volumeSnapshotRef") or {}).get("name"),
+                ),
+            )
         self._volumes = self.watch(self.pvs, keys=self._volume_keys)
         self._nodes = self.watch(self.nodes, keys=lambda _: self._waiting())
         self._classes = self.watch(self.classes, keys=lambda _: self._waiting())
@@ -171,6 +225,105 @@ class DataVolumeController(Controller):
             if ref.get("kind") == "DataVolume" and ref.get("controller")
         ]
 
+    def _clone_keys(self, namespace: str | None, names: set[Any]) -> list[str]:
+        """The unfinished clones whose source is one of the claims ``names`` of ``namespace``."""
+        if self._dvs is None or not names:
+            return []
+        keys = []
+        for dv in self._dvs.list():
+            source = self._clone_source(dv)
+            if (
+                source is not None
+                and source[0] == namespace
+                and source[1] in names
+                and (dv.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            ):
+                keys.append(f"{dv['metadata']['namespace']}/{dv['metadata']['name']}")
+        return keys
+
+    def _clone_source(self, dv: Obj) -> tuple[str, str] | None:
+        """The claim a DataVolume clones (``namespace``, ``name``), or None if it is not a clone.
+
+        ``spec.sourceRef`` (a DataSource, as KubeVirt's ``dataVolumeTemplates`` commonly use): the claim
+        the DataSource names when the target claim was created (its clone-request annotation, so a
+        DataSource that moves to a newer import later does not change a clone under way), else the
+        claim it names now."""
+        if not (dv.get("spec") or {}).get("sourceRef"):
+            return cloning.source_of(dv)
+        return self._referenced(dv, "pvc", cloning.CLONE_REQUEST_ANNOTATION)
+
+    def _snapshot_source(self, dv: Obj) -> tuple[str, str] | None:
+        """The VolumeSnapshot a DataVolume restores (``namespace``, ``name``), or None: from
+        ``spec.source.snapshot``, or a ``sourceRef`` DataSource naming a snapshot (fixed, as for clones,
+        once the target claim exists)."""
+        if not (dv.get("spec") or {}).get("sourceRef"):
+            return cloning.snapshot_source_of(dv)
+        return self._referenced(dv, "snapshot", volumesnapshot.RESTORE_SNAPSHOT_ANNOTATION)
+
+    def _referenced(self, dv: Obj, kind: str, annotation: str) -> tuple[str, str] | None:
+        """What the ``sourceRef`` of ``dv`` leads to (a ``kind``: pvc or snapshot): as recorded in
+        ``annotation`` on the DataVolume's own claim once it exists, else as the DataSource says now."""
+        meta = dv["metadata"]
+        target = self._claims.get(f"{meta['namespace']}/{meta['name']}") if self._claims is not None else None
+        requested = ((target or {}).get("metadata", {}).get("annotations") or {}).get(annotation)
+        if requested and _owned(target or {}, dv):
+            namespace, _, name = str(requested).partition("/")
+            return namespace, name
+        resolved = resolve_source_ref(dv, self._data_source)
+        ref = (resolved.source.get(kind) if resolved else None) or {}
+        return (str(ref["namespace"]), str(ref["name"])) if ref else None
+
+    def _restore_keys(self, namespace: str | None, name: str | None) -> list[str]:
+        """The unfinished DataVolumes restoring the VolumeSnapshot ``namespace/name``."""
+        if self._dvs is None or not name:
+            return []
+        return [
+            f"{dv['metadata']['namespace']}/{dv['metadata']['name']}"
+            for dv in self._dvs.list()
+            if (dv.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            and self._snapshot_source(dv) == (namespace, name)
+        ]
+
+    def _data_source(self, namespace: str, name: str) -> Obj | None:
+        return self._datasources.get(f"{namespace}/{name}") if self._datasources is not None else None
+
+    def _source_ref_keys(self, ds: Obj) -> list[str]:
+        """The unfinished DataVolumes whose ``spec.sourceRef`` names the DataSource ``ds``."""
+        if self._dvs is None:
+            return []
+        meta = ds.get("metadata") or {}
+        keys = []
+        for dv in self._dvs.list():
+            ref = (dv.get("spec") or {}).get("sourceRef") or {}
+            namespace = ref.get("namespace") or dv["metadata"].get("namespace")
+            if (
+                ref
+                and (namespace, ref.get("name")) == (meta.get("namespace"), meta.get("name"))
+                and (dv.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            ):
+                keys.append(f"{dv['metadata']['namespace']}/{dv['metadata']['name']}")
+        return keys
+
+    async def _wait_for_source_ref(self, dv: Obj) -> bool:
+        """Before the claim exists: True (and ``Pending`` written, with the reason) while ``sourceRef``
+        does not lead to a claim to clone."""
+        resolved = resolve_source_ref(dv, self._data_source)
+        if resolved is None or resolved.reason is None:  # a pvc (a clone) or a snapshot (a restore)
+            return False
+        reason, message = resolved.reason, resolved.message
+        running = [c for c in (dv.get("status") or {}).get("conditions") or [] if c.get("type") == "Running"]
+        if not running or running[0].get("reason") != reason:
+            await self.recorder.warning(dv, reason, message)
+        await self._write_status(
+            dv,
+            "Pending",
+            None,
+            running=("False", reason, message),
+            bound=("Unknown", reason, message),
+            ready_reason=reason,
+        )
+        return True
+
     @staticmethod
     def _volume_keys(pv: Obj) -> list[str]:
         ref = (pv.get("spec") or {}).get("claimRef") or {}
@@ -190,12 +343,36 @@ class DataVolumeController(Controller):
         if pvc is None:
             if (dv.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 return None  # its claim was deleted afterwards; nothing is imported twice
+            if await self._wait_for_source_ref(dv):
+                return None  # a DataSource change brings us back
             default_class = self._default_class()
             spec = dv.get("spec") or {}
             wanted = ((spec.get("pvc") or spec.get("storage") or {}).get("storageClassName")) or default_class
             profile = self._profiles.get(str(wanted)) if wanted else None
+            body = claim_for(dv, default_class, profile)
+            clone_source = self._clone_source(dv)
+            if clone_source is not None:
+                checked = await self._check_clone_source(dv, *clone_source)
+                if checked is None:
+                    return None
+                if checked.size:
+                    body["spec"].setdefault("resources", {}).setdefault("requests", {})["storage"] = (
+                        checked.size
+                    )
+                body["metadata"]["annotations"].update(cloning.claim_annotations(*clone_source))
+            snapshot_source = self._snapshot_source(dv)
+            if snapshot_source is not None:
+                restore = await self._check_snapshot_source(dv, *snapshot_source)
+                if restore is None:
+                    return None
+                size, content = restore
+                if size:
+                    body["spec"].setdefault("resources", {}).setdefault("requests", {})["storage"] = size
+                body["metadata"]["annotations"].update(
+                    cloning.snapshot_claim_annotations(*snapshot_source, content)
+                )
             try:
-                pvc = await self.pvcs.create(claim_for(dv, default_class, profile))
+                pvc = await self.pvcs.create(body)
             except errors.AlreadyExistsError:
                 raise TemporaryError("the claim exists but is not in the cache yet", delay=0.5) from None
             except errors.InvalidError as e:
@@ -216,15 +393,22 @@ class DataVolumeController(Controller):
             )
             return None
         kind = source_kind(dv)
+        clone_source = self._clone_source(dv)
+        snapshot_source = self._snapshot_source(dv) if clone_source is None else None
         if (pvc.get("status") or {}).get("phase") != "Bound":
-            await self._select_node(pvc)
+            preferred = self._source_node(*clone_source) if clone_source else self._content_node(pvc)
+            await self._select_node(pvc, preferred)
             await self._write_status(dv, "Pending", pvc)
             return None
+        if clone_source is not None:
+            return await self._clone_status(dv, pvc, *clone_source)
+        if snapshot_source is not None:
+            return await self._restore_status(dv, pvc, *snapshot_source)
         if kind == "upload":
             await self._upload_status(dv, pvc)
             return None
         if kind not in IMPORTED:
-            message = f"source {kind!r} is not supported by this cluster yet; use http, blank or registry"
+            message = f"source {kind!r} is not supported by this cluster yet; use http, s3, blank or registry"
             await self._write_status(dv, "Pending", pvc, running=("False", "UnsupportedSource", message))
             return None
         node = await self._volume_node(pvc)
@@ -269,8 +453,162 @@ class DataVolumeController(Controller):
         else:
             await self._write_status(dv, "UploadScheduled", pvc)
 
-    async def _select_node(self, pvc: Obj) -> None:
-        """WaitForFirstConsumer: the import is the first consumer (module docstring, step 2)."""
+    # --- clones (spec.source.pvc; the rules are in kubevisor.controllers.cloning) -----------------------
+
+    def _source_node(self, namespace: str, name: str) -> str | None:
+        """The node of the volume the claim ``namespace/name`` is bound to, if known."""
+        assert self._claims is not None and self._volumes is not None
+        source = self._claims.get(f"{namespace}/{name}")
+        volume = ((source or {}).get("spec") or {}).get("volumeName")
+        pv = self._volumes.get(str(volume)) if volume else None
+        if pv is None:
+            return None
+        annotations = ((source or {}).get("metadata") or {}).get("annotations") or {}
+        return node_of_volume(pv) or annotations.get(storage.SELECTED_NODE_ANNOTATION)
+
+    async def _check_clone_source(self, dv: Obj, namespace: str, name: str) -> cloning.SourceCheck | None:
+        """Before the target claim exists: None (and the status written) while it must not be created."""
+        assert self._claims is not None
+        checked = cloning.check_source(dv, self._claims.get(f"{namespace}/{name}"), namespace, name)
+        if not checked.phase:
+            return checked
+        await self._hold(dv, checked)
+        return None
+
+    # --- restores (spec.source.snapshot; the rules are in kubevisor.controllers.cloning) ----------------
+
+    def _content_node(self, pvc: Obj) -> str | None:
+        """The node holding the data of the snapshot a claim is restored from, if it is one."""
+        name = (pvc["metadata"].get("annotations") or {}).get(volumesnapshot.RESTORE_CONTENT_ANNOTATION)
+        content = self._snapshot_contents.get(str(name)) if name and self._snapshot_contents else None
+        return ((content or {}).get("metadata", {}).get("labels") or {}).get(volumesnapshot.NODE_LABEL)
+
+    async def _check_snapshot_source(
+        self, dv: Obj, namespace: str, name: str
+    ) -> tuple[str | None, str] | None:
+        """Before the target claim exists: (the size to request if none is given, the snapshot's content),
+        or None (and the status written) while the claim must not be created."""
+        key = f"{namespace}/{name}"
+        snap = self._volume_snapshots.get(key) if self._volume_snapshots is not None else None
+        checked = cloning.check_snapshot(dv, snap, namespace, name)
+        if not checked.phase and snap is not None:
+            return checked.size, str(snap["status"]["boundVolumeSnapshotContentName"])
+        await self._hold(dv, checked)
+        return None
+
+    async def _restore_status(self, dv: Obj, pvc: Obj, namespace: str, name: str) -> Result | None:
+        """A bound restore target: hand the copy to the content's node, report it (as clones)."""
+        annotations = pvc["metadata"].get("annotations") or {}
+        phase = annotations.get(cdi.POD_PHASE_ANNOTATION)
+        reason = annotations.get(cdi.RUNNING_REASON_ANNOTATION)
+        message = annotations.get(cdi.RUNNING_MESSAGE_ANNOTATION) or ""
+        if phase == "Succeeded":
+            await self._write_status(dv, "Succeeded", pvc, running=("False", "Completed", "Clone Complete"))
+            return None
+        if phase == "Failed":
+            await self._write_status(dv, "Failed", pvc, running=("False", reason or "Error", message))
+            return None
+        labels = pvc["metadata"].get("labels") or {}
+        if phase == "Running" and labels.get(cdi.IMPORT_NODE_LABEL):
+            running = ("True", "Pod is running", "") if not reason else ("False", reason, message)
+            await self._write_status(dv, "CloneInProgress", pvc, running=running)
+            return None
+        content_name = annotations.get(volumesnapshot.RESTORE_CONTENT_ANNOTATION)
+        content = (
+            self._snapshot_contents.get(str(content_name))
+            if content_name and self._snapshot_contents
+            else None
+        )
+        node = await self._volume_node(pvc)
+        decided = cloning.snapshot_gate(content, namespace, name, target_node=node)
+        if decided.phase == "Failed":
+            await self._write_status(dv, "Failed", pvc, running=("False", decided.reason, decided.message))
+            return None
+        if decided.ready and labels.get(cdi.IMPORT_NODE_LABEL) != node:
+            await self.recorder.normal(
+                dv,
+                "CloneScheduled",
+                f"Restoring snapshot {namespace}/{name} into {pvc['metadata']['namespace']}/"
+                f"{pvc['metadata']['name']} scheduled on node {node}",
+            )
+            await self.pvcs.patch(
+                pvc["metadata"]["name"],
+                {"metadata": {"labels": {cdi.IMPORT_NODE_LABEL: node}}},
+                pvc["metadata"]["namespace"],
+            )
+        await self._write_status(dv, "CloneScheduled", pvc)
+        return None
+
+    async def _hold(self, dv: Obj, checked: cloning.SourceCheck) -> None:
+        """Write why the target claim of a clone or restore is not created (yet)."""
+        if (dv.get("status") or {}).get("conditions") is None or (
+            (dv.get("status") or {}).get("phase") != checked.phase
+        ):
+            await self.recorder.warning(dv, checked.reason, checked.message)
+        await self._write_status(
+            dv,
+            checked.phase,
+            None,
+            running=("False", checked.reason, checked.message),
+            bound=("Unknown", checked.reason, checked.message) if checked.phase == "Pending" else None,
+            ready_reason=checked.reason,
+        )
+
+    async def _clone_status(self, dv: Obj, pvc: Obj, namespace: str, name: str) -> Result | None:
+        """A bound clone target: hand the copy to the node once :func:`cloning.gate` allows, report it."""
+        assert self._claims is not None and self._vmis is not None
+        annotations = pvc["metadata"].get("annotations") or {}
+        phase = annotations.get(cdi.POD_PHASE_ANNOTATION)
+        reason = annotations.get(cdi.RUNNING_REASON_ANNOTATION)
+        message = annotations.get(cdi.RUNNING_MESSAGE_ANNOTATION) or ""
+        if phase == "Succeeded":
+            await self._write_status(dv, "Succeeded", pvc, running=("False", "Completed", "Clone Complete"))
+            return None
+        if phase == "Failed":
+            await self._write_status(dv, "Failed", pvc, running=("False", reason or "Error", message))
+            return None
+        labels = pvc["metadata"].get("labels") or {}
+        node = await self._volume_node(pvc)
+        if phase == "Running" and labels.get(cdi.IMPORT_NODE_LABEL):
+            running = ("True", "Pod is running", "") if not reason else ("False", reason, message)
+            await self._write_status(dv, "CloneInProgress", pvc, running=running)
+            return None
+        source = self._claims.get(f"{namespace}/{name}")
+        decided = cloning.gate(
+            source,
+            namespace,
+            name,
+            source_node=self._source_node(namespace, name),
+            target_node=node,
+            vmis=self._vmis.list(),
+        )
+        if decided.phase == "Failed":
+            await self._write_status(dv, "Failed", pvc, running=("False", decided.reason, decided.message))
+            return None
+        if not decided.ready:
+            if decided.reason and (dv.get("status") or {}).get("phase") != "CloneScheduled":
+                await self.recorder.warning(dv, decided.reason, decided.message)
+            waiting = ("False", decided.reason, decided.message) if decided.reason else None
+            await self._write_status(dv, "CloneScheduled", pvc, running=waiting)
+            return Result(requeue_after=5.0) if decided.reason == "CloneSourceInUse" else None
+        if labels.get(cdi.IMPORT_NODE_LABEL) != node:
+            await self.recorder.normal(
+                dv,
+                "CloneScheduled",
+                f"Cloning from {namespace}/{name} into {pvc['metadata']['namespace']}/"
+                f"{pvc['metadata']['name']} scheduled on node {node}",
+            )
+            await self.pvcs.patch(
+                pvc["metadata"]["name"],
+                {"metadata": {"labels": {cdi.IMPORT_NODE_LABEL: node}}},
+                pvc["metadata"]["namespace"],
+            )
+        await self._write_status(dv, "CloneScheduled", pvc)
+        return None
+
+    async def _select_node(self, pvc: Obj, preferred: str | None = None) -> None:
+        """WaitForFirstConsumer: the import is the first consumer (module docstring, step 2); a clone is
+        placed on its source's node (``preferred``)."""
         assert self._classes is not None and self._nodes is not None
         class_name = (pvc.get("spec") or {}).get("storageClassName")
         sc = self._classes.get(str(class_name)) if class_name else None
@@ -288,9 +626,10 @@ class DataVolumeController(Controller):
         )
         if not nodes:
             return  # a node's registration brings us back
+        chosen = preferred if preferred in nodes else nodes[0]
         await self.pvcs.patch(
             pvc["metadata"]["name"],
-            {"metadata": {"annotations": {storage.SELECTED_NODE_ANNOTATION: nodes[0]}}},
+            {"metadata": {"annotations": {storage.SELECTED_NODE_ANNOTATION: chosen}}},
             pvc["metadata"]["namespace"],
         )
 
@@ -304,11 +643,18 @@ class DataVolumeController(Controller):
         )
 
     async def _write_status(
-        self, dv: Obj, phase: str, pvc: Obj | None, *, running: tuple[str, str, str] | None = None
+        self,
+        dv: Obj,
+        phase: str,
+        pvc: Obj | None,
+        *,
+        running: tuple[str, str, str] | None = None,
+        bound: tuple[str, str, str] | None = None,
+        ready_reason: str | None = None,
     ) -> None:
         old = dv.get("status") or {}
         annotations = ((pvc or {}).get("metadata") or {}).get("annotations") or {}
-        bound = (pvc or {}).get("status", {}).get("phase") == "Bound"
+        claim_bound = (pvc or {}).get("status", {}).get("phase") == "Bound"
         name = dv["metadata"]["name"]
         status: Obj = {"phase": phase}
         if pvc is not None:
@@ -325,13 +671,14 @@ class DataVolumeController(Controller):
             running = ("False", "", "")
         ready = phase == "Succeeded"
         wanted = {
-            "Bound": (
-                "True" if bound else "False",
-                "Bound" if bound else "Pending",
-                f"PVC {name} Bound" if bound else f"PVC {name} Pending",
+            "Bound": bound
+            or (
+                "True" if claim_bound else "False",
+                "Bound" if claim_bound else "Pending",
+                f"PVC {name} Bound" if claim_bound else f"PVC {name} Pending",
             ),
             "Running": running,
-            "Ready": ("True" if ready else "False", "" if ready else phase, ""),
+            "Ready": ("True" if ready else "False", "" if ready else (ready_reason or phase), ""),
         }
         previous = {c.get("type"): c for c in old.get("conditions") or []}
         conditions = []
@@ -356,7 +703,23 @@ class DataVolumeController(Controller):
         status["conditions"] = conditions
         if status == old:
             return
-        if old.get("phase") != phase:
+        clone_source = self._clone_source(dv)
+        snapshot_source = self._snapshot_source(dv) if clone_source is None else None
+        if old.get("phase") != phase and clone_source is not None and phase == "Succeeded":
+            await self.recorder.normal(
+                dv,
+                "CloneSucceeded",
+                f"Successfully cloned from {'/'.join(clone_source)} into "
+                f"{dv['metadata']['namespace']}/{name}",
+            )
+        elif old.get("phase") != phase and snapshot_source is not None and phase == "Succeeded":
+            await self.recorder.normal(
+                dv,
+                "CloneSucceeded",
+                f"Successfully cloned from snapshot {'/'.join(snapshot_source)} into "
+                f"{dv['metadata']['namespace']}/{name}",
+            )
+        elif old.get("phase") != phase:
             if phase == "Succeeded":
                 await self.recorder.normal(dv, "ImportSucceeded", f"Successfully imported into PVC {name}")
             elif phase == "Failed":

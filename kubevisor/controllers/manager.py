@@ -22,15 +22,20 @@ from collections.abc import Sequence
 from kubevisor.api.registry import Registry
 from kubevisor.client.leaderelection import LeaderElector
 from kubevisor.client.requesting import Client
+from kubevisor.controllers.dataimportcron import DataImportCronController
+from kubevisor.controllers.datasource import DataSourceController
 from kubevisor.controllers.datavolume import DataVolumeController
+from kubevisor.controllers.export import ExportController
 from kubevisor.controllers.garbagecollector import GarbageCollector
 from kubevisor.controllers.namespace import NamespaceController
 from kubevisor.controllers.provisioning import LocalProvisioner
 from kubevisor.controllers.reconciling import Controller
+from kubevisor.controllers.sharedprovisioning import SharedProvisioner
 from kubevisor.controllers.snapshot import RestoreController, SnapshotController
 from kubevisor.controllers.vm import VirtualMachineController
 from kubevisor.controllers.vmi import VirtualMachineInstanceController
 from kubevisor.controllers.volumebinding import VolumeBindingController
+from kubevisor.controllers.volumesnapshot import VolumeSnapshotController
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +144,11 @@ class ControllerManager:
             await self.client.aclose()
 
 
-def builtin_controllers(client: Client, registry: Registry) -> list[Controller]:
-    """The controllers every kubevisor control plane runs."""
+def builtin_controllers(
+    client: Client, registry: Registry, *, insecure_registries: tuple[str, ...] = ()
+) -> list[Controller]:
+    """The controllers every kubevisor control plane runs. ``insecure_registries`` (``HOST[:PORT]``, the
+    node agent's ``--insecure-registry``): registries the DataImportCron controller polls over plain HTTP."""
     controllers: list[Controller] = [
         GarbageCollector(client, registry),
         NamespaceController(client, registry),
@@ -150,20 +158,32 @@ def builtin_controllers(client: Client, registry: Registry) -> list[Controller]:
     storage_kinds = (("storage.k8s.io", "v1"), ("cdi.kubevirt.io", "v1beta1"), ("kubevirt.io", "v1"))
     if all(registry.in_group_version(group, version) for group, version in storage_kinds):
         controllers += [LocalProvisioner(client), DataVolumeController(client)]
+        controllers += [
+            DataSourceController(client),
+            DataImportCronController(client, insecure_registries=insecure_registries),
+        ]
+        controllers.append(SharedProvisioner(client))
     if registry.get("kubevirt.io", "v1", "virtualmachineinstances") is not None:
         controllers += [VirtualMachineController(client), VirtualMachineInstanceController(client)]
     if registry.get("snapshot.kubevirt.io", "v1beta1", "virtualmachinesnapshots") is not None:
         controllers += [SnapshotController(client), RestoreController(client)]
+    if registry.get("snapshot.storage.k8s.io", "v1", "volumesnapshots") is not None:
+        controllers.append(VolumeSnapshotController(client))
+    if registry.get("export.kubevirt.io", "v1", "virtualmachineexports") is not None:
+        controllers.append(ExportController(client))
     return controllers
 
 
 async def start_builtin_controllers(
-    kubeconfig: str | os.PathLike[str], registry: Registry, *, leader_election: bool = True
+    kubeconfig: str | os.PathLike[str],
+    registry: Registry,
+    *,
+    leader_election: bool = True,
+    insecure_registries: tuple[str, ...] = (),
 ) -> ControllerManager:
     """Start the built-in controllers against ``kubeconfig``'s server; ``await manager.stop()`` ends them."""
     client = Client.from_kubeconfig(kubeconfig, registry=registry)
-    manager = ControllerManager(
-        client, builtin_controllers(client, registry), leader_election=leader_election, owns_client=True
-    )
+    controllers = builtin_controllers(client, registry, insecure_registries=insecure_registries)
+    manager = ControllerManager(client, controllers, leader_election=leader_election, owns_client=True)
     await manager.start()
     return manager

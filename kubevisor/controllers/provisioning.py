@@ -20,6 +20,9 @@ Which node:
   importer pod is the first consumer unless ``HonorWaitForFirstConsumer`` is on). The VMI's agent waits
   for the claim meanwhile.
 
+volumeMode: ``Filesystem`` or ``Block``, the claim's, on its volume. Both are a raw ``disk.img``; the
+node's agent gives QEMU a Block one as a loop device (:mod:`kubevisor.agent.blockdevices`).
+
 Capacity: the agent publishes how many bytes local volumes may take on its node in all (Node annotation
 ``kubevisor.io/volume-capacity-bytes``: free space plus what their images already hold). A claim is
 provisioned only if its size plus the capacities of the node's local volumes stays within that (thick
@@ -34,6 +37,7 @@ status from the class). Keys: a claim's ``namespace/name``; ``class:<name>`` for
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from decimal import Decimal
 
 from kubevisor.api import storage
@@ -45,7 +49,15 @@ from kubevisor.client.informers import Informer, object_key
 from kubevisor.client.requesting import Client, ResourceClient
 from kubevisor.controllers.reconciling import Controller, Result, TemporaryError
 
-__all__ = ["LocalProvisioner", "claims_of_vmi", "volume_name"]
+__all__ = [
+    "LocalProvisioner",
+    "agent_nodes",
+    "claimed_volume",
+    "claims_of_vmi",
+    "consumer_node",
+    "requested_size",
+    "volume_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +67,13 @@ FULL_RETRY = 30.0
 """Seconds before a claim that did not fit is tried again (the agent's free space may have grown)."""
 LOCAL_PROFILE = [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}]
 """What a local volume supports: one node, a raw image file."""
+SHARED_PROVISIONER = "kubevisor.io/shared"
+"""The shared provisioner's name (:mod:`kubevisor.controllers.sharedprovisioning`)."""
+SHARED_PROFILE = [
+    {"accessModes": ["ReadWriteMany"], "volumeMode": "Filesystem"},
+    {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"},
+]
+"""What a shared volume supports: every node, a raw image file."""
 
 
 def volume_name(pvc: Obj) -> str:
@@ -74,6 +93,66 @@ def claims_of_vmi(vmi: Obj) -> set[str]:
             if name:
                 names.add(str(name))
     return names
+
+
+def consumer_node(pvc: Obj, vmis: Iterable[Obj]) -> str | None:
+    """The node of the first VMI (by creation) among ``vmis`` that uses the claim and has a node."""
+    meta = pvc["metadata"]
+    for vmi in sorted(vmis, key=lambda v: str(v["metadata"].get("creationTimestamp"))):
+        node = (vmi.get("status") or {}).get("nodeName")
+        if (
+            node
+            and vmi["metadata"].get("namespace") == meta["namespace"]
+            and meta["name"] in claims_of_vmi(vmi)
+        ):
+            return str(node)
+    return None
+
+
+def agent_nodes(nodes: Iterable[Obj]) -> list[str]:
+    """The names (sorted) of the nodes whose agent has published its volume directory."""
+    return sorted(
+        n["metadata"]["name"]
+        for n in nodes
+        if (n["metadata"].get("annotations") or {}).get(storage.VOLUME_DIR_ANNOTATION)
+    )
+
+
+def requested_size(pvc: Obj) -> Decimal | None:
+    """The claim's ``spec.resources.requests.storage`` in bytes; None when missing or not a quantity."""
+    spec = pvc.get("spec") or {}
+    return parse_quantity(((spec.get("resources") or {}).get("requests") or {}).get("storage"))
+
+
+def claimed_volume(pvc: Obj, sc: Obj, provisioner: str, volume_mode: str, source: Obj) -> Obj:
+    """The PersistentVolume :func:`volume_name` a provisioner makes for the claim: pre-bound to it
+    (``claimRef``), its size and access modes, the class's name and reclaim policy, and ``source``
+    (``hostPath``/``nfs``, ``nodeAffinity``) in its spec."""
+    spec = pvc.get("spec") or {}
+    meta = pvc["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {
+            "name": volume_name(pvc),
+            "annotations": {storage.PROVISIONED_BY_ANNOTATION: provisioner},
+        },
+        "spec": {
+            "capacity": {"storage": str(spec["resources"]["requests"]["storage"])},
+            "accessModes": list(spec.get("accessModes") or ["ReadWriteOnce"]),
+            "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy") or "Delete",
+            "storageClassName": sc["metadata"]["name"],
+            "volumeMode": volume_mode,
+            **source,
+            "claimRef": {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "namespace": meta["namespace"],
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
+        },
+    }
 
 
 def node_of_volume(pv: Obj) -> str | None:
@@ -170,7 +249,11 @@ class LocalProvisioner(Controller):
         spec = profile.get("spec") or {}
         status: Obj = {"storageClass": name, "provisioner": sc.get("provisioner")}
         sets = spec.get("claimPropertySets") or (
-            LOCAL_PROFILE if sc.get("provisioner") == storage.LOCAL_PROVISIONER else None
+            LOCAL_PROFILE
+            if sc.get("provisioner") == storage.LOCAL_PROVISIONER
+            else SHARED_PROFILE
+            if sc.get("provisioner") == SHARED_PROVISIONER
+            else None
         )
         if sets:
             status["claimPropertySets"] = sets
@@ -196,7 +279,8 @@ class LocalProvisioner(Controller):
         annotations = pvc["metadata"].get("annotations") or {}
         node = annotations.get(storage.SELECTED_NODE_ANNOTATION)
         if not node and sc.get("volumeBindingMode") == "WaitForFirstConsumer":
-            node = self._consumer_node(pvc)
+            assert self._vmis is not None
+            node = consumer_node(pvc, self._vmis.list())
             if not node:
                 return None  # a VMI's scheduling (or a DataVolume import) brings us back
             await self.pvcs.patch(
@@ -210,26 +294,9 @@ class LocalProvisioner(Controller):
                 raise TemporaryError("no node has published its volume directory yet", delay=2.0)
         return await self._provision(pvc, sc, str(node))
 
-    def _consumer_node(self, pvc: Obj) -> str | None:
-        assert self._vmis is not None
-        meta = pvc["metadata"]
-        for vmi in sorted(self._vmis.list(), key=lambda v: str(v["metadata"].get("creationTimestamp"))):
-            node = (vmi.get("status") or {}).get("nodeName")
-            if (
-                node
-                and vmi["metadata"].get("namespace") == meta["namespace"]
-                and meta["name"] in claims_of_vmi(vmi)
-            ):
-                return str(node)
-        return None
-
     def _first_node(self) -> str | None:
         assert self._nodes is not None
-        names = sorted(
-            n["metadata"]["name"]
-            for n in self._nodes.list()
-            if ((n["metadata"].get("annotations") or {}).get(storage.VOLUME_DIR_ANNOTATION))
-        )
+        names = agent_nodes(self._nodes.list())
         return names[0] if names else None
 
     def _reserved(self, node_name: str) -> Decimal:
@@ -253,7 +320,7 @@ class LocalProvisioner(Controller):
         if node is None or not directory:
             raise TemporaryError(f"node {node_name} has not published its volume directory yet", delay=2.0)
         spec = pvc.get("spec") or {}
-        requested = parse_quantity(((spec.get("resources") or {}).get("requests") or {}).get("storage"))
+        requested = requested_size(pvc)
         key = object_key(pvc)
         if not requested or requested <= 0:
             await self.recorder.warning(
@@ -263,12 +330,12 @@ class LocalProvisioner(Controller):
                 "set it (e.g. 10Gi)",
             )
             return None
-        if (spec.get("volumeMode") or "Filesystem") != "Filesystem":
+        mode = spec.get("volumeMode") or "Filesystem"
+        if mode not in ("Filesystem", "Block"):
             await self.recorder.warning(
                 pvc,
                 "ProvisioningFailed",
-                f"PersistentVolumeClaim {key}: storage class {sc['metadata']['name']} provides only "
-                "volumeMode Filesystem; leave spec.volumeMode empty or set Filesystem",
+                f"PersistentVolumeClaim {key}: spec.volumeMode {mode!r} is not Filesystem or Block",
             )
             return None
         capacity = parse_quantity(
@@ -286,41 +353,13 @@ class LocalProvisioner(Controller):
             )
             return Result(requeue_after=FULL_RETRY)
         name = volume_name(pvc)
-        meta = pvc["metadata"]
-        pv: Obj = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {
-                "name": name,
-                "annotations": {storage.PROVISIONED_BY_ANNOTATION: storage.LOCAL_PROVISIONER},
-            },
-            "spec": {
-                "capacity": {"storage": str(spec["resources"]["requests"]["storage"])},
-                "accessModes": list(spec.get("accessModes") or ["ReadWriteOnce"]),
-                "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy") or "Delete",
-                "storageClassName": sc["metadata"]["name"],
-                "volumeMode": "Filesystem",
-                "hostPath": {"path": f"{str(directory).rstrip('/')}/{name}", "type": "DirectoryOrCreate"},
-                "nodeAffinity": {
-                    "required": {
-                        "nodeSelectorTerms": [
-                            {
-                                "matchExpressions": [
-                                    {"key": HOSTNAME_LABEL, "operator": "In", "values": [node_name]}
-                                ]
-                            }
-                        ]
-                    }
-                },
-                "claimRef": {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolumeClaim",
-                    "namespace": meta["namespace"],
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                },
-            },
+        affinity = {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [node_name]}]}
+        source: Obj = {
+            "hostPath": {"path": f"{str(directory).rstrip('/')}/{name}", "type": "DirectoryOrCreate"},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [affinity]}},
         }
+        # Block: the same raw image, given to QEMU as a loop device
+        pv = claimed_volume(pvc, sc, storage.LOCAL_PROVISIONER, mode, source)
         try:
             await self.pvs.create(pv)
         except errors.AlreadyExistsError:

@@ -24,8 +24,20 @@ Restore (owner of VirtualMachineRestore ``status``, and of the target VM's ``sta
    not exist): claims ``restore-<restore uid>-<volume>`` (the claim's spec as it was, ``volumeName`` set)
    bound to PersistentVolumes the agent makes on the content's node from the snapshot's images, then the
    VM with the snapshot's spec and those claims; steps 2-4 are for a restore onto the snapshot's VM.
-2. While a VMI of the target exists, the restore waits with ``Ready=False`` (reason ``VMRunning``) saying
-   to stop the VM; it proceeds by itself once the VM is stopped.
+2. While a VMI of the target exists (the target is "not ready"), ``spec.targetReadinessPolicy`` decides,
+   as KubeVirt's restore controller does (event ``RestoreTargetNotReady``):
+
+   - ``WaitGracePeriod`` (the default): wait with ``Ready=False``, reason ``VMRunning``, saying to stop the
+     VM; if the VM still runs 5 minutes after the restore was created, the restore fails (``Failure``
+     condition: "Restore target failed to be ready within 5m0s ...");
+   - ``WaitEventually``: wait the same way, for as long as it takes;
+   - ``StopTarget``: stop the VM (its ``stop`` subresource, as ``virtctl stop``: runStrategy ``Always``
+     becomes ``Halted``, other strategies get a stop request) and proceed once its VMI is gone;
+   - ``FailImmediate``: fail at once ("Restore target VMI must be powered off before restore operation").
+
+   A failed restore (``Failure`` condition) is final: nothing more is done for it, as in KubeVirt. The
+   policy matters only while the target runs: a restore whose target is stopped (or does not exist)
+   proceeds whatever the policy.
 3. The VM's ``status.restoreInProgress`` is set (the VM controller starts no VMI while it is), then the
    restore is labelled for the content's node; the agent copies the images back over the claims' images
    (in place: the VM keeps its claims, see the README) and annotates the restore.
@@ -45,6 +57,7 @@ from typing import Any
 from kubevisor.api import snapshot as api
 from kubevisor.api.registry import Obj
 from kubevisor.client import errors, timestamps
+from kubevisor.client.events import EventRecorder
 from kubevisor.client.informers import Informer, object_key
 from kubevisor.client.requesting import Client, ResourceClient
 from kubevisor.controllers.reconciling import Controller, Result
@@ -57,6 +70,14 @@ KV = "kubevirt.io/v1"
 DEFAULT_DEADLINE = 300.0
 """KubeVirt's default failureDeadline (5m)."""
 RETRY = 5.0
+DEFAULT_GRACE_PERIOD = 300.0
+"""KubeVirt's ``snapshotv1.DefaultGracePeriod`` (5m): how long ``WaitGracePeriod`` waits for the target."""
+READINESS_POLICIES = ("WaitGracePeriod", "StopTarget", "FailImmediate", "WaitEventually")
+"""``spec.targetReadinessPolicy`` values; the first is the default."""
+NOT_READY_EVENT = "RestoreTargetNotReady"
+VMI_EXISTS = "Restore target VMI still exists, please stop the restore target to proceed with restore"
+STOP_TARGET = "Automatically stopping restore target for restore operation"
+TARGET_NOT_READY = "Restore target VMI must be powered off before restore operation"
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -112,6 +133,24 @@ def _conditions(old: Obj, **wanted: tuple[str, str, str]) -> list[Obj]:
             }
         )
     return result
+
+
+def go_duration(seconds: float) -> str:
+    """``300`` -> ``5m0s``, as Go prints a duration (KubeVirt's messages quote its grace period so)."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{seconds:g}s"
+
+
+def _failed(status: Obj) -> bool:
+    return any(
+        c.get("type") == "Failure" and c.get("status") == "True" for c in status.get("conditions") or []
+    )
 
 
 def _node_ready(node: Obj) -> bool:
@@ -426,8 +465,17 @@ class RestoreController(Controller):
 
     name = "vmrestore"
 
-    def __init__(self, client: Client, *, concurrency: int | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        concurrency: int | None = None,
+        grace_period: float = DEFAULT_GRACE_PERIOD,
+    ) -> None:
         super().__init__(client, concurrency=concurrency)
+        self.grace_period = grace_period
+        """Seconds ``WaitGracePeriod`` waits for a running target to stop (KubeVirt: 5 minutes)."""
+        self.recorder = EventRecorder(client, "restore-controller")
         self.restores: ResourceClient = client.resource(api.API_VERSION, "virtualmachinerestores")
         self.snapshots: ResourceClient = client.resource(api.API_VERSION, "virtualmachinesnapshots")
         self.contents: ResourceClient = client.resource(api.API_VERSION, "virtualmachinesnapshotcontents")
@@ -463,8 +511,8 @@ class RestoreController(Controller):
         restore = self._restores.get(key)
         if restore is None or restore["metadata"].get("deletionTimestamp"):
             return None
-        if (restore.get("status") or {}).get("complete"):
-            return None
+        if (restore.get("status") or {}).get("complete") or _failed(restore.get("status") or {}):
+            return None  # done, or failed for good
         meta, spec = restore["metadata"], restore.get("spec") or {}
         namespace = str(meta["namespace"])
         target = str((spec.get("target") or {}).get("name"))
@@ -503,13 +551,7 @@ class RestoreController(Controller):
             await self._write(restore, ready=True, complete=True, content=content)
             return None
         if self._vmis.get(f"{namespace}/{target}") is not None:
-            await self._wait(
-                restore,
-                "VMRunning",
-                f"VirtualMachine {target} is running: stop it (virtctl stop {target}, or runStrategy "
-                "Halted); the restore proceeds once it is stopped",
-            )
-            return None
+            return await self._target_not_ready(restore, vm)
         in_progress = (vm.get("status") or {}).get("restoreInProgress")
         if in_progress and in_progress != meta["name"]:
             await self._wait(restore, "RestoreInProgress", f"VirtualMachineRestore {in_progress} runs first")
@@ -520,6 +562,88 @@ class RestoreController(Controller):
             return None
         await self._hand_to_agent(restore, content)
         return None
+
+    async def _target_not_ready(self, restore: Obj, vm: Obj) -> Result | None:
+        """The target VM runs: what ``spec.targetReadinessPolicy`` says (module docstring, step 2)."""
+        meta = restore["metadata"]
+        target = str(vm["metadata"]["name"])
+        policy = str((restore.get("spec") or {}).get("targetReadinessPolicy") or READINESS_POLICIES[0])
+        how = f"virtctl stop {target}, or runStrategy Halted"
+        if policy == "FailImmediate":
+            await self._fail(restore, vm, TARGET_NOT_READY)
+            return None
+        if policy == "StopTarget":
+            if self._ready_reason(restore) == "StoppingTarget":
+                return None  # asked once; the VMI's deletion brings us back
+            await self._notify(restore, STOP_TARGET)
+            await self._wait(restore, "StoppingTarget", f"{STOP_TARGET}: stopping VirtualMachine {target}")
+            vm_path = f"namespaces/{meta['namespace']}/virtualmachines/{target}"
+            path = f"/apis/subresources.kubevirt.io/v1/{vm_path}/stop"
+            try:
+                await self.client.request("PUT", path, body={})
+            except errors.ConflictError:
+                pass  # already stopping (or stopped): the VMI's deletion brings us back
+            except errors.NotFoundError:
+                return None
+            return None
+        if policy == "WaitEventually":
+            await self._notify(restore, VMI_EXISTS)
+            await self._wait(
+                restore,
+                "VMRunning",
+                "Waiting for target VM to be powered off. Please stop the restore target to proceed with "
+                f"restore ({how}); the restore proceeds once it is stopped",
+            )
+            return None
+        if policy != "WaitGracePeriod":
+            await self._fail(
+                restore,
+                vm,
+                f"spec.targetReadinessPolicy: unknown policy {policy!r}; use one of "
+                f"{', '.join(READINESS_POLICIES)}",
+            )
+            return None
+        created = timestamps.parse_time(str(meta.get("creationTimestamp") or _now())).timestamp()
+        deadline = created + self.grace_period
+        grace = go_duration(self.grace_period)
+        if time.time() >= deadline:
+            await self._fail(
+                restore,
+                vm,
+                f"Restore target failed to be ready within {grace}. Please power off the target VM before "
+                "attempting restore",
+            )
+            return None
+        await self._notify(restore, VMI_EXISTS)
+        await self._wait(
+            restore,
+            "VMRunning",
+            "Waiting for target VM to be powered off. Please stop the restore target to proceed with restore "
+            f"({how}), or the operation will fail after {grace}",
+        )
+        return Result(requeue_after=max(deadline - time.time(), 0.0) + 0.1)
+
+    async def _notify(self, restore: Obj, message: str) -> None:
+        """The ``RestoreTargetNotReady`` event, once per state (not at every pass)."""
+        if self._ready_reason(restore) in ("VMRunning", "StoppingTarget"):
+            return
+        await self.recorder.warning(restore, NOT_READY_EVENT, message)
+
+    @staticmethod
+    def _ready_reason(restore: Obj) -> str | None:
+        for c in (restore.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "Ready":
+                return str(c.get("reason") or "")
+        return None
+
+    async def _fail(self, restore: Obj, vm: Obj | None, message: str) -> None:
+        """Fail the restore for good (a ``Failure`` condition), releasing the VM if it held it."""
+        if vm is not None:
+            await self._release(vm, str(restore["metadata"]["name"]))
+        await self.recorder.warning(
+            restore, "VirtualMachineRestoreError", f"VirtualMachineRestore failed {message}"
+        )
+        await self._write(restore, ready=False, reason="Failed", message=message)
 
     async def _hand_to_agent(self, restore: Obj, content: Obj) -> None:
         """Label the restore for the content's node (the agent copies the images), or say it waits."""

@@ -1,4 +1,5 @@
-"""Importing disk images into volumes: the engine of CDI DataVolume ``http``, ``upload`` and clone sources.
+"""Importing disk images into volumes: the engine of CDI DataVolume ``http``, ``s3``, ``registry``,
+``upload`` and clone sources.
 
 Why it exists: CDI runs an importer pod per DataVolume that "streams the file from the remote data store to
 the mounted backing storage volume and performs decompression and qcow2-to-raw conversion"
@@ -57,7 +58,21 @@ Errors (every message names the source and says what to do)::
 The base class is not called ``ImportError``: that would shadow Python's built-in exception of that name.
 
 Registry sources: :class:`RegistrySource` takes any :class:`RegistryPuller` (``registry.ImageCache``
-satisfies it); the pulled disk is then imported as a local file.
+satisfies it), with the DataVolume's login (``secretRef``) and CA bundle (``certConfigMap``: the registry
+is then spoken to over HTTPS, even on loopback); the pulled disk is then imported as a local file. Unlike
+a VMI's containerDisk pull, which is retried, a DataVolume fails for what retrying cannot fix: no such
+image (``SourceNotFound``), refused login (``SourceUnauthorized``), untrusted certificate
+(``SourceUntrusted``), content that does not match its digest, e.g. an image pinned by
+``@sha256:...`` (``ChecksumMismatch``), no usable disk (``InvalidImage``).
+
+S3 sources: :class:`S3Source`, ``http(s)://host[:port]/bucket/key`` read as CDI reads it (endpoint from
+the URL, bucket the first path component, path-style requests, signed with SigV4 for us-east-1 unless
+the host is AWS's ``s3.<region>.amazonaws.com``; anonymous without keys; never the node's own AWS
+configuration). ``GetObject`` is streamed with boto3 (imported only when an S3 source is used) through
+the same worker threads as HTTP. ``NoSuchKey``/``NoSuchBucket`` -> ``SourceNotFound``,
+``AccessDenied``/``InvalidAccessKeyId``/``SignatureDoesNotMatch`` -> ``SourceUnauthorized``, both naming
+the object and bucket; connection failures, timeouts, 5xx and ``SlowDown`` -> ``SourceUnreachable``
+(retried by the caller with backoff; boto3's own retries are off).
 """
 
 from __future__ import annotations
@@ -88,6 +103,8 @@ from typing import Any, ClassVar, Literal, Protocol
 import httpcore
 import httpx
 
+from kubevisor.storage import registry
+
 __all__ = [
     "DISK_IMAGE",
     "ChecksumMismatch",
@@ -102,6 +119,7 @@ __all__ = [
     "Progress",
     "RegistryPuller",
     "RegistrySource",
+    "S3Source",
     "Source",
     "SourceNotFound",
     "SourceUnauthorized",
@@ -230,11 +248,34 @@ class HTTPSource:
     @property
     def name(self) -> str:
         """The URL without credentials or query (what error messages show)."""
-        parts = urllib.parse.urlsplit(self.url)
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+        return _url_name(self.url)
+
+
+def _url_name(url: str) -> str:
+    """A URL without credentials or query (what error messages show)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+@dataclass(frozen=True)
+class S3Source:
+    """An object in an S3 bucket (DataVolume ``spec.source.s3``): ``http(s)://host[:port]/bucket/key``,
+    addressed path-style as CDI does; fetched with boto3."""
+
+    url: str
+    access_key_id: str | None = field(default=None, repr=False)
+    """The ``secretRef`` Secret's ``accessKeyId``; with neither key the requests are anonymous."""
+    secret_key: str | None = field(default=None, repr=False)
+    """The ``secretRef`` Secret's ``secretKey``."""
+    ca_bundle: str | None = None
+    """PEM text of CA certificates trusted besides the system's (the ``certConfigMap``'s ``ca.pem``)."""
+
+    @property
+    def name(self) -> str:
+        return _url_name(self.url)
 
 
 @dataclass(frozen=True)
@@ -268,7 +309,9 @@ class PulledDisk(Protocol):
 class RegistryPuller(Protocol):
     """What a registry source needs: ``registry.ImageCache`` is one."""
 
-    async def pull(self, image: str, *, credentials: Any = None) -> PulledDisk: ...
+    async def pull(
+        self, image: str, *, credentials: Any = None, ca_bundle: str | None = None
+    ) -> PulledDisk: ...
 
 
 @dataclass(frozen=True)
@@ -279,13 +322,16 @@ class RegistrySource:
     puller: RegistryPuller
     credentials: Any = field(default=None, repr=False)
     """A ``registry.Credentials`` (or whatever the puller accepts)."""
+    ca_bundle: str | None = None
+    """PEM text of CA certificates for the registry's TLS (the ``certConfigMap``); the registry is then
+    spoken to over HTTPS, even on loopback."""
 
     @property
     def name(self) -> str:
         return f"docker://{self.image.removeprefix('docker://')}"
 
 
-Source = HTTPSource | FileSource | StreamSource | RegistrySource
+Source = HTTPSource | S3Source | FileSource | StreamSource | RegistrySource
 
 
 @dataclass(frozen=True)
@@ -944,15 +990,7 @@ class _Transport(httpx.HTTPTransport):
 
 
 def _http_client(source: HTTPSource, timeout: float, transport: httpx.BaseTransport | None) -> httpx.Client:
-    context = ssl.create_default_context()
-    if source.ca_bundle:
-        try:
-            context.load_verify_locations(cadata=source.ca_bundle)
-        except (ssl.SSLError, ValueError) as e:
-            raise InvalidSource(
-                f"{source.name}: the CA bundle (certConfigMap) holds no valid PEM certificate ({e}); fix the "
-                "ConfigMap"
-            ) from e
+    context = _check_ca(source.ca_bundle, source.name) if source.ca_bundle else ssl.create_default_context()
     auth = None
     if source.access_key_id is not None or source.secret_key is not None:
         auth = httpx.BasicAuth(source.access_key_id or "", source.secret_key or "")
@@ -1011,6 +1049,50 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
             if not chunk:
                 return
             yield chunk
+
+
+def _check_ca(ca_bundle: str, name: str) -> ssl.SSLContext:
+    """The system's CAs plus ``ca_bundle``; :class:`InvalidSource` when it holds no PEM certificate."""
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(cadata=ca_bundle)
+    except (ssl.SSLError, ValueError) as e:
+        raise InvalidSource(
+            f"{name}: the CA bundle (certConfigMap) holds no valid PEM certificate ({e}); fix the ConfigMap"
+        ) from e
+    return context
+
+
+# registry errors -> import errors (the registry module's messages already say what to do)
+_REGISTRY_ERRORS: tuple[tuple[type[registry.RegistryError], type[ImageImportError]], ...] = (
+    (registry.InvalidReference, InvalidSource),
+    (registry.BadImage, InvalidImage),
+    (registry.DigestMismatch, ChecksumMismatch),
+    (registry.ManifestUnknown, SourceNotFound),
+    (registry.Unauthorized, SourceUnauthorized),
+    (registry.Untrusted, SourceUntrusted),
+)
+
+
+async def _pull(source: RegistrySource, name: str) -> PulledDisk:
+    """Pull a registry source's disk. Unlike a VMI's containerDisk, which is retried, a DataVolume
+    fails for what retrying cannot fix: a missing image, refused credentials, an untrusted certificate,
+    content that does not match its digest (a digest-pinned image that is not what it says)."""
+    if source.ca_bundle:
+        _check_ca(source.ca_bundle, name)
+    try:
+        return await source.puller.pull(
+            source.image, credentials=source.credentials, ca_bundle=source.ca_bundle
+        )
+    except ImageImportError:
+        raise
+    except registry.RegistryError as e:
+        cls: type[ImageImportError] = next(
+            (mine for theirs, mine in _REGISTRY_ERRORS if isinstance(e, theirs)), SourceUnreachable
+        )
+        raise cls(f"{name}: {e}") from e
+    except Exception as e:  # another puller's errors: may work later
+        raise SourceUnreachable(f"{name}: {e}") from e
 
 
 # ------------------------------------------------------------------------------------------- importing
@@ -1147,16 +1229,10 @@ async def import_image(
         if block:
             await asyncio.to_thread(_write_head, target, bytes(plan.head), fsync=fsync)
         if isinstance(source, RegistrySource):
-            try:
-                pulled = await source.puller.pull(source.image, credentials=source.credentials)
-            except ImageImportError:
-                raise
-            except Exception as e:  # the registry module's own errors, which say what to do
-                # registry.py: InvalidReference and BadImage are permanent, the rest may work later
-                permanent = type(e).__name__ in ("InvalidReference", "BadImage")
-                cls = InvalidSource if permanent else SourceUnreachable
-                raise cls(f"{name}: {e}") from e
+            pulled = await _pull(source, name)
             result = await _import_file(FileSource(pulled.path), plan)
+        elif isinstance(source, S3Source):
+            result = await _import_s3(source, plan, timeout)
         elif isinstance(source, FileSource):
             result = await _import_file(source, plan)
         elif isinstance(source, StreamSource):
@@ -1195,31 +1271,23 @@ _Outcome = tuple[str, int, Literal["gzip", "xz"] | None, int]
 """(source format, virtual size, compression, bytes transferred)."""
 
 
-class _Download:
-    """One HTTP transfer, run in a worker thread with httpx's blocking client, which feeds the writer
-    itself: on a loaded two-core machine it moves bytes 2-4x faster than the asyncio client (whose
-    per-64-KiB-read overhead made the import half as fast as ``curl -o``), and the event loop only
-    receives progress. :meth:`cancel` (from the loop) makes it stop at the next chunk, and shuts the
-    socket down so that a stalled read returns at once."""
+class _Transfer:
+    """One download run in a worker thread with a blocking client, which feeds the writer itself: on a
+    loaded two-core machine this moves bytes 2-4x faster than an asyncio client (whose per-64-KiB-read
+    overhead made the import half as fast as ``curl -o``), and the event loop only receives progress.
+    :meth:`cancel` (from the loop) makes it stop at the next chunk, and shuts the socket down so that a
+    stalled read returns at once. Subclasses implement :meth:`run` with :meth:`_receive`."""
 
-    def __init__(
-        self,
-        source: HTTPSource,
-        writer: _Writer,
-        *,
-        timeout: float,
-        transport: httpx.BaseTransport | None,
-        on_received: Callable[[int, int | None], None],
-    ) -> None:
-        self.source = source
+    def __init__(self, writer: _Writer, on_received: Callable[[int, int | None], None]) -> None:
         self.writer = writer
-        self.timeout = timeout
-        self.transport = transport
         self.on_received = on_received
         self.total: int | None = None
         self.received = 0
         self._stop = threading.Event()
         self._socket: socket.socket | None = None
+
+    def run(self) -> None:
+        raise NotImplementedError
 
     def cancel(self) -> None:
         self._stop.set()
@@ -1228,40 +1296,14 @@ class _Download:
                 # the plain socket's shutdown, not SSLSocket's (which drops its TLS state under the reader)
                 socket.socket.shutdown(self._socket, socket.SHUT_RDWR)
 
-    def run(self) -> None:
-        source = self.source
-        headers = {"Accept-Encoding": "identity", **source.headers}
-        try:
-            with (
-                _http_client(source, self.timeout, self.transport) as client,
-                client.stream("GET", source.url, headers=headers) as response,
-            ):
-                if response.status_code != 200:
-                    raise _status_error(source, response)
-                with contextlib.suppress(ValueError):
-                    self.total = int(response.headers.get("content-length", ""))
-                self.writer.expected = self.total
-                stream = response.extensions.get("network_stream")
-                if stream is not None:
-                    self._socket = stream.get_extra_info("socket")
-                if self._stop.is_set():
-                    return
-                self._receive(response)
-        except httpx.HTTPError as e:
-            if self._stop.is_set():
-                return
-            raise _http_error(source, e) from e
-        finally:
-            self.writer.close()
-
-    def _receive(self, response: httpx.Response) -> None:
+    def _receive(self, chunks: Iterable[bytes]) -> None:
         """Receive here, write in a second thread: one batch being written (decompressed, hashed) while
         the next arrives, as ``curl | xz -d`` overlaps the two."""
         batch: list[bytes] = []
         size = 0
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="import-writer") as pool:
             pending: concurrent.futures.Future[None] | None = None
-            for chunk in response.iter_raw():
+            for chunk in chunks:
                 if self._stop.is_set():
                     break
                 batch.append(chunk)
@@ -1286,6 +1328,50 @@ class _Download:
         self.on_received(self.received, self.total)
 
 
+class _Download(_Transfer):
+    """One HTTP transfer with httpx's blocking client (see :class:`_Transfer`)."""
+
+    def __init__(
+        self,
+        source: HTTPSource,
+        writer: _Writer,
+        *,
+        timeout: float,
+        transport: httpx.BaseTransport | None,
+        on_received: Callable[[int, int | None], None],
+    ) -> None:
+        super().__init__(writer, on_received)
+        self.source = source
+        self.timeout = timeout
+        self.transport = transport
+
+    def run(self) -> None:
+        source = self.source
+        headers = {"Accept-Encoding": "identity", **source.headers}
+        try:
+            with (
+                _http_client(source, self.timeout, self.transport) as client,
+                client.stream("GET", source.url, headers=headers) as response,
+            ):
+                if response.status_code != 200:
+                    raise _status_error(source, response)
+                with contextlib.suppress(ValueError):
+                    self.total = int(response.headers.get("content-length", ""))
+                self.writer.expected = self.total
+                stream = response.extensions.get("network_stream")
+                if stream is not None:
+                    self._socket = stream.get_extra_info("socket")
+                if self._stop.is_set():
+                    return
+                self._receive(response.iter_raw())
+        except httpx.HTTPError as e:
+            if self._stop.is_set():
+                return
+            raise _http_error(source, e) from e
+        finally:
+            self.writer.close()
+
+
 async def _import_http(
     source: HTTPSource, plan: _Plan, timeout: float, transport: httpx.BaseTransport | None
 ) -> _Outcome:
@@ -1294,6 +1380,35 @@ async def _import_http(
     if parts.scheme not in ("http", "https"):
         raise InvalidSource(f"{plan.name}: not an http or https URL; fix spec.source.http.url")
     writer = _new_writer(plan, parsed, None)
+    return await _transfer(
+        plan,
+        writer,
+        parsed,
+        lambda on_received: _Download(
+            source, writer, timeout=timeout, transport=transport, on_received=on_received
+        ),
+    )
+
+
+async def _import_s3(source: S3Source, plan: _Plan, timeout: float) -> _Outcome:
+    location = _S3Location.parse(source.url, plan.name)  # a bad URL is refused before anything is created
+    writer = _new_writer(plan, None, None)
+    return await _transfer(
+        plan,
+        writer,
+        None,
+        lambda on_received: _S3Download(source, location, writer, timeout=timeout, on_received=on_received),
+    )
+
+
+async def _transfer(
+    plan: _Plan,
+    writer: _Writer,
+    parsed: tuple[str, str] | None,
+    make: Callable[[Callable[[int, int | None], None]], _Transfer],
+) -> _Outcome:
+    """Run a :class:`_Transfer` in a worker thread, its progress reported on the loop; cancelling the
+    caller stops it (and waits for it) before its files are removed."""
     loop = asyncio.get_running_loop()
 
     def report(received: int, total: int | None) -> None:  # on the loop
@@ -1304,13 +1419,7 @@ async def _import_http(
     def from_thread(received: int, total: int | None) -> None:
         loop.call_soon_threadsafe(report, received, total)
 
-    download = _Download(
-        source,
-        writer,
-        timeout=timeout,
-        transport=transport,
-        on_received=from_thread,
-    )
+    download = make(from_thread)
     running = asyncio.ensure_future(asyncio.to_thread(download.run))
     try:
         await asyncio.shield(running)
@@ -1321,6 +1430,217 @@ async def _import_http(
             running.exception()
         raise
     return await _after_download(plan, writer, parsed, download.received, download.total)
+
+
+# ---------------------------------------------------------------------------------------------- S3
+
+
+_AMAZON_REGION = re.compile(r"(?:^|\.)s3[.-]([a-z0-9-]+)\.amazonaws\.com$")
+S3_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "Throttling",
+        "RequestTimeTooSkewed",
+    }
+)
+S3_AUTH_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+)
+
+
+@dataclass(frozen=True)
+class _S3Location:
+    """Where an S3 URL points, as CDI reads it: endpoint ``scheme://host[:port]``, the first path
+    component the bucket, the rest the key (path-style addressing)."""
+
+    endpoint: str
+    bucket: str
+    key: str
+    region: str
+
+    @classmethod
+    def parse(cls, url: str, name: str) -> _S3Location:
+        parts = urllib.parse.urlsplit(url)
+        bucket, _, key = urllib.parse.unquote(parts.path).strip("/").partition("/")
+        if parts.scheme not in ("http", "https") or not parts.hostname or not bucket or not key:
+            raise InvalidSource(
+                f"{name}: not an S3 object URL; fix spec.source.s3.url: http(s)://host[:port]/bucket/key"
+            )
+        host = parts.hostname if not parts.port else f"{parts.hostname}:{parts.port}"
+        if ":" in parts.hostname:  # an IPv6 literal
+            host = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
+        found = _AMAZON_REGION.search(parts.hostname)
+        # the signing region: AWS's from its host name; other servers (radosgw, MinIO) take us-east-1
+        region = found.group(1) if found else "us-east-1"
+        return cls(f"{parts.scheme}://{host}", bucket, key, region)
+
+
+class _S3Download(_Transfer):
+    """``GetObject`` with boto3 (imported here: only nodes that import from S3 pay for it), streamed
+    into the writer (see :class:`_Transfer`). boto3's own retries are off: retrying is the caller's
+    job, with the backoff every source gets."""
+
+    def __init__(
+        self,
+        source: S3Source,
+        location: _S3Location,
+        writer: _Writer,
+        *,
+        timeout: float,
+        on_received: Callable[[int, int | None], None],
+    ) -> None:
+        super().__init__(writer, on_received)
+        self.source = source
+        self.location = location
+        self.timeout = timeout
+        self._body: Any = None
+
+    def cancel(self) -> None:
+        super().cancel()
+        if self._socket is None and self._body is not None:
+            with contextlib.suppress(Exception):
+                self._body.close()
+
+    def run(self) -> None:
+        import botocore.exceptions
+
+        source, name = self.source, self.source.name
+        if bool(source.access_key_id) != bool(source.secret_key):
+            raise InvalidSource(
+                f"{name}: the secretRef Secret must hold both accessKeyId and secretKey (or give no "
+                "secretRef for anonymous access); fix the Secret"
+            )
+        ca_file = None
+        try:
+            if source.ca_bundle:
+                _check_ca(source.ca_bundle, name)
+                ca_file = _ca_file(source.ca_bundle)
+            client = self._client(ca_file)
+            try:
+                response = client.get_object(Bucket=self.location.bucket, Key=self.location.key)
+            except botocore.exceptions.ClientError as e:
+                raise self._client_error(e) from e
+            body = self._body = response["Body"]
+            self.total = int(response.get("ContentLength") or 0) or None
+            self.writer.expected = self.total
+            self._socket = _socket_of(body)
+            if self._stop.is_set():
+                return
+            self._receive(body.iter_chunks(READ_SIZE))
+        except (botocore.exceptions.BotoCoreError, OSError) as e:
+            if self._stop.is_set():
+                return
+            raise self._connection_error(e) from e
+        except Exception as e:
+            # urllib3's errors reach through botocore's streaming body
+            if self._stop.is_set() or type(e).__module__.split(".")[0] != "urllib3":
+                raise
+            raise self._connection_error(e) from e
+        finally:
+            if self._body is not None:
+                with contextlib.suppress(Exception):
+                    self._body.close()
+            self.writer.close()
+            if ca_file is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(ca_file)
+
+    def _client(self, ca_file: str | None) -> Any:
+        import boto3.session
+        import botocore
+        import botocore.config
+
+        source = self.source
+        anonymous = not source.access_key_id
+        config = botocore.config.Config(
+            region_name=self.location.region,
+            signature_version=botocore.UNSIGNED if anonymous else "s3v4",
+            s3={"addressing_style": "path"},
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=min(self.timeout, 10.0),
+            read_timeout=self.timeout,
+        )
+        # a session of its own: nothing of the node's own AWS configuration or credentials is used
+        session = boto3.session.Session(
+            aws_access_key_id=source.access_key_id or None,
+            aws_secret_access_key=source.secret_key or None,
+            region_name=self.location.region,
+        )
+        return session.client(
+            "s3",
+            endpoint_url=self.location.endpoint,
+            config=config,
+            verify=ca_file if ca_file is not None else True,
+        )
+
+    def _where(self) -> str:
+        return f"object {self.location.key!r} in bucket {self.location.bucket!r}"
+
+    def _client_error(self, e: Any) -> ImageImportError:
+        error = e.response.get("Error") or {}
+        code = str(error.get("Code") or "")
+        status = int((e.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+        name, where = self.source.name, self._where()
+        if code == "NoSuchBucket":
+            return SourceNotFound(
+                f"{name}: bucket {self.location.bucket!r} does not exist (NoSuchBucket); fix "
+                "spec.source.s3.url"
+            )
+        if code in ("NoSuchKey", "NotFound") or status == 404:
+            return SourceNotFound(f"{name}: {where} does not exist ({code or 404}); fix spec.source.s3.url")
+        if code in S3_AUTH_CODES or status in (401, 403):
+            hint = (
+                "check accessKeyId and secretKey in the secretRef Secret"
+                if self.source.access_key_id
+                else "give credentials in secretRef (a Secret with accessKeyId and secretKey)"
+            )
+            return SourceUnauthorized(f"{name}: the S3 server refused access to {where} ({code}); {hint}")
+        if code in S3_TRANSIENT_CODES or status >= 500 or status in (408, 429):
+            return SourceUnreachable(f"{name}: the S3 server answered {status} {code} for {where}; retrying")
+        message = error.get("Message") or ""
+        return InvalidSource(
+            f"{name}: the S3 server answered {status} {code} {message} for {where}; check the URL and "
+            "the object"
+        )
+
+    def _connection_error(self, e: BaseException) -> ImageImportError:
+        name = self.source.name
+        cause: BaseException | None = e
+        while cause is not None:
+            if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(cause):
+                return SourceUntrusted(
+                    f"{name}: the S3 server's TLS certificate does not verify; give the CA that signed it in "
+                    "the DataVolume's certConfigMap"
+                )
+            cause = cause.__cause__ or cause.__context__
+        return SourceUnreachable(f"{name}: reading {self._where()} failed: {type(e).__name__}: {e}; retrying")
+
+
+def _ca_file(ca_bundle: str) -> str:
+    """A file with the system's CAs and ``ca_bundle`` (botocore takes a file, and only one)."""
+    paths = ssl.get_default_verify_paths()
+    system = ""
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and os.path.isfile(candidate):
+            with open(candidate) as f:
+                system = f.read()
+            break
+    fd, path = tempfile.mkstemp(prefix="kubevisor-s3-ca-", suffix=".pem")
+    with os.fdopen(fd, "w") as f:
+        f.write(system.rstrip("\n") + "\n" + ca_bundle.strip() + "\n")
+    return path
+
+
+def _socket_of(body: Any) -> socket.socket | None:
+    """The socket under a botocore streaming body (urllib3 response -> connection -> socket), to shut it
+    down on cancel; None where the libraries keep it elsewhere."""
+    raw = getattr(body, "_raw_stream", None)
+    connection = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _new_writer(plan: _Plan, parsed: tuple[str, str] | None, total: int | None) -> _Writer:

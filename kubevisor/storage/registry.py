@@ -25,6 +25,9 @@ What a pull does (:meth:`ImageCache.pull`):
 6. Check the disk with ``qemu-img info``: qcow2 (without a backing or external data file: those would let
    an image read the node's files) or raw; the format is recorded.
 
+:func:`resolve_digest` asks only what a tag points to now (the ``HEAD`` of step 2, with the same
+authentication, transport and errors) and downloads nothing: a DataImportCron's poll.
+
 Cache layout (one per node, ``DATA/images/cache``)::
 
     <manifest digest>/disk.img     the disk (read-only base of every VM's overlay)
@@ -40,7 +43,8 @@ finds the first's result in the cache.
 
 Transport: plain HTTP for loopback registries (``localhost``, ``127.0.0.0/8``, ``::1``) and for the
 registries in ``insecure_registries`` (``HOST`` or ``HOST:PORT``); HTTPS verified against the system's CA
-bundle otherwise.
+bundle otherwise. A pull given a ``ca_bundle`` (a DataVolume's ``certConfigMap``) always uses HTTPS,
+verified against the system's CAs and that bundle.
 
 Errors (every message names the image)::
 
@@ -51,6 +55,7 @@ Errors (every message names the image)::
     │   ├── Unauthorized             the registry refused the credentials, or wants some (401/403)
     │   ├── DigestMismatch           a manifest or blob does not match its digest or size
     │   ├── NotPresent               pull policy Never and the image is not cached
+    │   ├── Untrusted                the registry's TLS certificate does not verify
     │   └── RegistryUnreachable      connection failure, timeout, 429 or 5xx
     └── BadImage                     the image is no usable containerDisk (permanent): no disk under
                                      /disk, unsafe layer paths, unsupported manifest or layer types,
@@ -100,8 +105,10 @@ __all__ = [
     "RegistryError",
     "RegistryUnreachable",
     "Unauthorized",
+    "Untrusted",
     "credentials_from_docker_config",
     "extract_disk",
+    "resolve_digest",
 ]
 
 DOCKER_HUB = "docker.io"
@@ -162,6 +169,10 @@ class DigestMismatch(ImageUnavailable):
 
 class NotPresent(ImageUnavailable):
     """Pull policy ``Never`` and the image is not in the cache."""
+
+
+class Untrusted(ImageUnavailable):
+    """The registry's TLS certificate does not verify against the trusted CAs."""
 
 
 class RegistryUnreachable(ImageUnavailable):
@@ -478,10 +489,9 @@ class ImageCache:
             out.write(digest + "\n")
         os.replace(tmp, target)
 
-    def scheme(self, ref: Reference) -> str:
-        """``http`` for loopback and insecure registries, else ``https``."""
-        insecure = ref.registry in self.insecure_registries or ref.host in self.insecure_registries
-        return "http" if insecure or _is_loopback(ref.host) else "https"
+    def scheme(self, ref: Reference, *, tls: bool = False) -> str:
+        """``http`` for loopback and insecure registries, else (or with ``tls``) ``https``."""
+        return _scheme(ref, self.insecure_registries, tls=tls)
 
     # pulling
 
@@ -492,8 +502,11 @@ class ImageCache:
         credentials: Credentials | None = None,
         policy: PullPolicy = "Always",
         path: str | None = None,
+        ca_bundle: str | None = None,
     ) -> Pulled:
-        """The disk of ``image`` in the cache, pulled if needed (see the module docstring)."""
+        """The disk of ``image`` in the cache, pulled if needed (see the module docstring).
+        ``ca_bundle``: PEM CA certificates to trust besides the system's; the registry is then spoken to
+        over HTTPS even on loopback."""
         ref = Reference.parse(image)
         if ref.digest:
             hit = self.cached(image, ref.digest, path)
@@ -509,7 +522,7 @@ class ImageCache:
                 f"image {image}: not in this node's image cache and imagePullPolicy is Never; "
                 "pull it once with another policy, or change the policy"
             )
-        async with self._session(ref, image, credentials) as session:
+        async with self._session(ref, image, credentials, ca_bundle) as session:
             digest = ref.digest or await session.resolve()
             hit = self.cached(image, digest, path)
             if hit is None:
@@ -523,19 +536,18 @@ class ImageCache:
 
     @asynccontextmanager
     async def _session(
-        self, ref: Reference, image: str, credentials: Credentials | None
+        self, ref: Reference, image: str, credentials: Credentials | None, ca_bundle: str | None = None
     ) -> AsyncIterator[_Session]:
-        host = DOCKER_HUB_API if ref.registry == DOCKER_HUB else ref.registry
-        verify: ssl.SSLContext | bool = ssl.create_default_context() if self.scheme(ref) == "https" else False
-        async with httpx.AsyncClient(
-            base_url=f"{self.scheme(ref)}://{host}",
+        async with _connect(
+            ref,
+            image,
+            credentials,
+            ca_bundle,
+            insecure_registries=self.insecure_registries,
             transport=self.transport,
-            verify=verify,
-            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-            follow_redirects=True,
-            trust_env=False,
-        ) as client:
-            yield _Session(client, ref, image, credentials)
+            timeout=self.timeout,
+        ) as session:
+            yield session
 
     async def _download(self, session: _Session, image: str, digest: str, path: str | None) -> Pulled:
         tmp_root = self.root / ".tmp"
@@ -593,6 +605,89 @@ class ImageCache:
                 )
             current = _pick_platform(manifest, session.image)
         raise BadImage(f"image {session.image}: indexes nested too deep")
+
+
+# --- resolving without pulling ---------------------------------------------------------------------
+
+
+async def resolve_digest(
+    image: str,
+    *,
+    credentials: Credentials | None = None,
+    ca_bundle: str | None = None,
+    insecure_registries: tuple[str, ...] = (),
+    transport: httpx.AsyncBaseTransport | None = None,
+    timeout: float = 30.0,
+) -> str:
+    """The ``sha256:<hex>`` manifest digest ``image`` (``[docker://]host/repo[:tag][@digest]``) points to
+    now, without pulling anything: one ``HEAD`` of the manifest after the registry's authentication
+    challenge, the digest read from ``Docker-Content-Digest`` (a ``GET`` and the body's sha256 when the
+    registry does not send it). For an index or manifest list this is the index's digest, the same key a
+    pull of the tag caches under. A reference that names a digest is returned without any request.
+
+    The transport is a pull's (module docstring): plain HTTP for loopback registries and those in
+    ``insecure_registries`` (``HOST`` or ``HOST:PORT``); HTTPS otherwise, and always with ``ca_bundle``
+    (PEM CA certificates trusted besides the system's, e.g. a DataVolume's ``certConfigMap``).
+    ``credentials`` answer a ``Basic`` or ``Bearer`` challenge. ``transport`` replaces the network (tests).
+
+    Raises :class:`InvalidReference` (the reference or the CA bundle cannot work) or an
+    :class:`ImageUnavailable` (:class:`ManifestUnknown`, :class:`Unauthorized`, :class:`Untrusted`,
+    :class:`RegistryUnreachable`: may work later), each naming the image."""
+    ref = Reference.parse(image)
+    if ref.digest:
+        return ref.digest
+    async with _connect(
+        ref,
+        image,
+        credentials,
+        ca_bundle,
+        insecure_registries=tuple(insecure_registries),
+        transport=transport,
+        timeout=timeout,
+    ) as session:
+        return await session.resolve()
+
+
+def _scheme(ref: Reference, insecure_registries: tuple[str, ...], *, tls: bool = False) -> str:
+    if tls:
+        return "https"
+    insecure = ref.registry in insecure_registries or ref.host in insecure_registries
+    return "http" if insecure or _is_loopback(ref.host) else "https"
+
+
+@asynccontextmanager
+async def _connect(
+    ref: Reference,
+    image: str,
+    credentials: Credentials | None,
+    ca_bundle: str | None,
+    *,
+    insecure_registries: tuple[str, ...],
+    transport: httpx.AsyncBaseTransport | None,
+    timeout: float,
+) -> AsyncIterator[_Session]:
+    """A session with ``ref``'s registry, over the transport the module docstring describes."""
+    host = DOCKER_HUB_API if ref.registry == DOCKER_HUB else ref.registry
+    scheme = _scheme(ref, insecure_registries, tls=bool(ca_bundle))
+    verify: ssl.SSLContext | bool = False
+    if scheme == "https":
+        verify = ssl.create_default_context()
+        if ca_bundle:
+            try:
+                verify.load_verify_locations(cadata=ca_bundle)
+            except (ssl.SSLError, ValueError) as e:
+                raise InvalidReference(
+                    f"image {image}: the CA bundle holds no valid PEM certificate ({e}); fix it"
+                ) from e
+    async with httpx.AsyncClient(
+        base_url=f"{scheme}://{host}",
+        transport=transport,
+        verify=verify,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        follow_redirects=True,
+        trust_env=False,
+    ) as client:
+        yield _Session(client, ref, image, credentials)
 
 
 def _remove_stale(directory: Path) -> None:
@@ -663,7 +758,16 @@ class _Session:
         self.credentials = credentials
         self.authorization: str | None = None
 
-    def _unreachable(self, e: httpx.HTTPError) -> RegistryUnreachable:
+    def _unreachable(self, e: httpx.HTTPError) -> RegistryUnreachable | Untrusted:
+        cause: BaseException | None = e
+        while cause is not None:
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return Untrusted(
+                    f"image {self.image}: the TLS certificate of registry {self.ref.registry} does not "
+                    f"verify ({cause.verify_message}); trust the CA that signed it (a DataVolume's "
+                    "certConfigMap)"
+                )
+            cause = cause.__cause__ or cause.__context__
         return RegistryUnreachable(
             f"image {self.image}: registry {self.ref.registry} is unreachable: {type(e).__name__}: {e}"
         )
@@ -701,9 +805,11 @@ class _Session:
             return
         what = f"image {self.image}: registry {self.ref.registry} answered {status} for {url}"
         if status in (401, 403):
-            hint = "give the containerDisk an imagePullSecret with a login for this registry"
+            hint = (
+                "give a login for this registry (a containerDisk's imagePullSecret, a DataVolume's secretRef)"
+            )
             if self.credentials is not None:
-                hint = "check the login in the containerDisk's imagePullSecret"
+                hint = "check the login (a containerDisk's imagePullSecret, a DataVolume's secretRef)"
             raise Unauthorized(f"{what} (access denied); {hint}")
         if status == 404:
             raise ManifestUnknown(f"{what} (not found); check the image name, tag or digest")
@@ -717,8 +823,8 @@ class _Session:
         if scheme == "basic":
             if creds is None:
                 raise Unauthorized(
-                    f"image {self.image}: registry {self.ref.registry} wants a login; give the "
-                    "containerDisk an imagePullSecret"
+                    f"image {self.image}: registry {self.ref.registry} wants a login; give one (a "
+                    "containerDisk's imagePullSecret, a DataVolume's secretRef)"
                 )
             self.authorization = _basic(creds)
             return

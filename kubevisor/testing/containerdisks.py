@@ -11,7 +11,10 @@ Docker engine here to build images, so images are written in Python as OCI image
 - :func:`oci_layout`: any layers, including broken ones (symlinks, ``..``, no ``/disk``) for tests of
   what a node must refuse.
 - :class:`LocalRegistry`: ``docker-registry`` on ``127.0.0.1:<free port>`` with its storage in a temporary
-  directory; :meth:`LocalRegistry.blob_file` finds a blob's file (to corrupt it on purpose).
+  directory; :meth:`LocalRegistry.blob_file` finds a blob's file (to corrupt it on purpose). With
+  ``tls`` (a certificate and key for 127.0.0.1) it speaks HTTPS, and with ``logins`` it wants HTTP basic
+  auth checked against an htpasswd file of bcrypt hashes (the only kind it accepts; written with the
+  ``bcrypt`` package): the real thing for registry logins and CAs.
 - :class:`LayoutRegistry`: a fake registry at httpx's transport seam serving a layout, for what the real
   one does not do without more machinery (logins, token services).
 
@@ -225,11 +228,20 @@ def disk_layout(directory: Path, disk: Path, *, name: str = "disk.img", tag: str
     return oci_layout(directory, [[Entry("disk"), Entry(f"disk/{name}", disk, mode=0o444)]], tag=tag)
 
 
-def push(layout: Path, reference: str, *, tag: str = "latest", all_images: bool = False) -> None:
-    """Copy the image ``tag`` of an OCI layout to ``reference`` (``host:port/repo:tag``, plain HTTP)."""
+def push(
+    layout: Path,
+    reference: str,
+    *,
+    tag: str = "latest",
+    all_images: bool = False,
+    login: tuple[str, str] | None = None,
+) -> None:
+    """Copy the image ``tag`` of an OCI layout to ``reference`` (``host:port/repo:tag``; HTTP, or HTTPS
+    without verifying the certificate), with ``login`` (user, password) if the registry wants one."""
     argv = [
         require(SKOPEO), "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
         *(["--all"] if all_images else []),
+        *([f"--dest-creds={login[0]}:{login[1]}"] if login else []),
         f"oci:{layout}:{tag}", f"docker://{reference}",
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
@@ -260,16 +272,52 @@ http:
   addr: 127.0.0.1:{port}
   secret: kubevisor-test-registry
 """
+TLS_CONFIG = """  tls:
+    certificate: {certificate}
+    key: {key}
+"""
+AUTH_CONFIG = """auth:
+  htpasswd:
+    realm: kubevisor-test-registry
+    path: {htpasswd}
+"""
+
+
+def htpasswd_line(user: str, password: str) -> str:
+    """One htpasswd entry with a bcrypt hash (what docker-registry's htpasswd auth accepts)."""
+    try:
+        import bcrypt
+    except ImportError as e:
+        raise ToolMissing(
+            "the Python package bcrypt is not installed: the registry login tests write an htpasswd file. "
+            "Run `make install` (it installs the dev dependencies)."
+        ) from e
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
+    return f"{user}:{hashed}\n"
 
 
 class LocalRegistry:
-    """``docker-registry`` serving plain HTTP on ``127.0.0.1:<port>`` from a temporary directory."""
+    """``docker-registry`` serving plain HTTP on ``127.0.0.1:<port>`` from a temporary directory (HTTPS with
+    ``tls``: paths of a PEM certificate and key valid for 127.0.0.1; basic-auth ``logins``: (user,
+    password) pairs)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        tls: tuple[Path, Path] | None = None,
+        logins: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.directory = directory
         self.storage = directory / "storage"
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self.tls = tls
+        self.logins = tuple(logins)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def host(self) -> str:
@@ -281,7 +329,14 @@ class LocalRegistry:
         self.storage.mkdir(parents=True, exist_ok=True)
         self.port = self.port or _free_port()
         config = self.directory / "config.yml"
-        config.write_text(CONFIG.format(storage=self.storage, port=self.port))
+        text = CONFIG.format(storage=self.storage, port=self.port)
+        if self.tls:
+            text += TLS_CONFIG.format(certificate=self.tls[0], key=self.tls[1])
+        if self.logins:
+            htpasswd = self.directory / "htpasswd"
+            htpasswd.write_text("".join(htpasswd_line(user, password) for user, password in self.logins))
+            text += AUTH_CONFIG.format(htpasswd=htpasswd)
+        config.write_text(text)
         log = open(self.directory / "registry.log", "ab")  # noqa: SIM115 (the child keeps it)
         with log:
             self.process = subprocess.Popen(
@@ -292,7 +347,9 @@ class LocalRegistry:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{REGISTRY_BINARY} exited: {self.log()}")
             try:
-                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code == 200:
+                # 200, or 401 when it wants a login: either way it serves
+                answer = httpx.get(f"{self.scheme}://{self.host}/v2/", timeout=1, verify=False)
+                if answer.status_code in (200, 401):
                     return
             except httpx.HTTPError:
                 pass
@@ -334,11 +391,13 @@ class LocalRegistry:
 
 
 @contextmanager
-def running_registry() -> Iterator[LocalRegistry]:
+def running_registry(
+    *, tls: tuple[Path, Path] | None = None, logins: Sequence[tuple[str, str]] = ()
+) -> Iterator[LocalRegistry]:
     """A :class:`LocalRegistry` in a new temporary directory, removed afterwards."""
     directory = Path(tempfile.mkdtemp(prefix="kv-registry-"))
     try:
-        with LocalRegistry(directory) as registry:
+        with LocalRegistry(directory, tls=tls, logins=logins) as registry:
             yield registry
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -58,6 +58,9 @@ class Disk:
     """Host cache mode (KubeVirt ``cache``); ``None`` is QEMU's default (writeback)."""
     shareable: bool = False
     """Allow other processes to write the image at the same time (``share-rw``)."""
+    nfs_server: str | None = None
+    """The image is ``path`` on this NFS server (NFSv3), opened by QEMU's own NFS block driver (libnfs,
+    package ``qemu-block-extra``) instead of a local file."""
 
 
 @dataclass(frozen=True)

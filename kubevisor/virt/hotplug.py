@@ -61,6 +61,10 @@ class HotplugDisk:
     """Attach read-only."""
     serial: str | None = None
     """Serial number the guest sees."""
+    nfs_server: str | None = None
+    """The image is ``path`` on this NFS server, opened by QEMU's NFS driver (as :class:`Disk`'s)."""
+    shareable: bool = False
+    """Other QEMUs may write the image at the same time (``share-rw``, a ReadWriteMany claim)."""
 
 
 def format_node(name: str) -> str:
@@ -80,13 +84,15 @@ def file_node(fmt_node: str) -> str:
 def blockdev_args(disk: HotplugDisk) -> list[dict[str, Any]]:
     """The two ``blockdev-add`` argument sets (file node first) for ``disk``."""
     fmt = format_node(disk.name)
+    source: dict[str, Any] = {"driver": "file", "filename": str(disk.path)}
+    if disk.nfs_server is not None:
+        source = {
+            "driver": "nfs",
+            "server": {"type": "inet", "host": disk.nfs_server},
+            "path": str(disk.path),
+        }
     return [
-        {
-            "driver": "file",
-            "filename": str(disk.path),
-            "node-name": file_node(fmt),
-            "read-only": disk.readonly,
-        },
+        {**source, "node-name": file_node(fmt), "read-only": disk.readonly},
         {"driver": disk.format, "file": file_node(fmt), "node-name": fmt, "read-only": disk.readonly},
     ]
 
@@ -103,6 +109,8 @@ def device_args(disk: HotplugDisk, *, bus: str | None) -> dict[str, Any]:
             device["bus"] = bus
     if disk.serial:
         device["serial"] = disk.serial
+    if disk.shareable:
+        device["share-rw"] = True
     return device
 
 

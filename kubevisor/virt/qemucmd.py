@@ -301,11 +301,18 @@ def _disks(disks: tuple[Disk, ...], *, scsi_controller: bool = False) -> list[st
         readonly = disk.readonly or disk.cdrom
         direct, no_flush, write_cache = _CACHE_MODES.get(disk.cache or "writeback", (False, False, True))
         file_node: dict[str, Any] = {
-            "driver": "file",
+            "driver": "host_device" if disk.path.parts[1:2] == ("dev",) else "file",  # a Block claim's loop
             "filename": str(disk.path),
             "node-name": f"file-{index}",
             "read-only": readonly,
         }
+        if disk.nfs_server is not None:  # QEMU's own NFS client (BlockdevOptionsNfs); no host mount
+            del file_node["filename"]
+            file_node |= {
+                "driver": "nfs",
+                "server": {"type": "inet", "host": disk.nfs_server},
+                "path": str(disk.path),
+            }
         if disk.cache:
             file_node["cache"] = {"direct": direct, "no-flush": no_flush}
         fmt_node = {

@@ -23,8 +23,11 @@ from kubevisor.virt import qcow2
 __all__ = [
     "QEMU_IMG",
     "ImageError",
+    "convert",
+    "convert_argv",
     "create",
     "create_argv",
+    "create_url",
     "info",
     "info_argv",
     "overlay",
@@ -86,6 +89,25 @@ async def create(path: Path, fmt: ImageFormat, size_bytes: int) -> Path:
         raise ImageError(f"creating image {path}: it already exists")
     await _run(create_argv(path, fmt, size_bytes), f"creating image {path}")
     return path
+
+
+async def create_url(url: str, fmt: ImageFormat, size_bytes: int) -> str:
+    """Create an empty image at ``url`` (e.g. ``nfs://server/path``, through QEMU's block drivers); qemu-img
+    replaces what is there, so callers create under a fresh name (:mod:`kubevisor.storage.nfsfiles`)."""
+    await _run([QEMU_IMG, "create", "-q", "-f", fmt, url, str(size_bytes)], f"creating image {url}")
+    return url
+
+
+def convert_argv(
+    source: str, source_format: ImageFormat, target: str, target_format: ImageFormat
+) -> list[str]:
+    """Copy the image ``source`` into the new image ``target`` (paths or URLs), sparse, formats given."""
+    return [QEMU_IMG, "convert", "-f", source_format, "-O", target_format, source, target]
+
+
+async def convert(source: str, source_format: ImageFormat, target: str, target_format: ImageFormat) -> None:
+    """Run :func:`convert_argv`."""
+    await _run(convert_argv(source, source_format, target, target_format), f"copying {source} to {target}")
 
 
 _detected_formats: dict[tuple[Path, int, int, int], str] = {}

@@ -8,6 +8,7 @@ and ``data_dir`` the platform's short data directory whose QEMUs are killed at t
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,7 @@ from kubevisor.platform import Platform
 from kubevisor.testing import guest
 from kubevisor.virt import qemucmd
 from tests.e2e import libvmi
+from tests.unit.storage import imageserving
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +68,11 @@ async def client(plat: Platform) -> AsyncIterator[Client]:
     """An admin client of the test module's ``plat``."""
     async with Client.from_kubeconfig(plat.kubeconfig) as c:
         yield c
+
+
+@pytest.fixture
+def guest_disk_server(test_guest: guest.Guest, tmp_path: Path) -> Iterator[imageserving.ImageServer]:
+    """A loopback HTTP server whose ``/guest.img`` is the test guest's disk (DataVolume http imports)."""
+    os.symlink(test_guest.disk, tmp_path / "guest.img")
+    with imageserving.serving(tmp_path) as s:
+        yield s

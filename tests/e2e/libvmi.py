@@ -16,11 +16,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kubevisor.agent.running import AgentConfig
 from kubevisor.api.kubevirt_admission import parse_quantity
 from kubevisor.api.registry import Obj
 from kubevisor.client import Client, NotFoundError
 from kubevisor.client.requesting import ResourceClient
-from kubevisor.testing import guest
+from kubevisor.platform import Platform
+from kubevisor.testing import cluster, guest
 from kubevisor.virt import cgroups, process
 
 KV = "kubevirt.io/v1"
@@ -29,6 +31,19 @@ IMAGE = "registry.local/kubevisor/test-guest:latest"
 NAMESPACE = "default"
 
 T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def guest_platform(
+    data_dir: Path, node: str, test_guest: guest.Guest | None = None
+) -> AsyncIterator[Platform]:
+    """A running platform on ``data_dir`` with one node agent ``node`` (TCG) whose image mirror maps
+    :data:`IMAGE` to the test guest's disk; without ``test_guest``, no image mirror (for tests that bring
+    the guest's disk in through DataVolumes)."""
+    mirror = {IMAGE: test_guest.disk} if test_guest is not None else {}
+    config = AgentConfig(data_dir=data_dir, node_name=node, image_mirror=mirror, accel="tcg")
+    async with cluster.running_platform(data_dir, agent=True, agent_config=config) as platform:
+        yield platform
 
 
 def vm_manifest(
@@ -118,6 +133,26 @@ async def vm_printable(client: Client, name: str, want: str, timeout: float = 60
 async def gone(resources: ResourceClient, name: str, timeout: float = 60) -> None:
     await until(
         lambda: get_or_empty(resources, name), lambda o: not o, timeout, f"{resources.plural}/{name} gone"
+    )
+
+
+async def snapshot_vm(client: Client, snapshot: str, vm: str, timeout: float = 60) -> Obj:
+    """A new VirtualMachineSnapshot ``snapshot`` of the VM ``vm``, once it is Succeeded or Failed."""
+    snapshots = client.resource("snapshot.kubevirt.io/v1beta1", "virtualmachinesnapshots")
+    await snapshots.create(
+        {
+            "apiVersion": "snapshot.kubevirt.io/v1beta1",
+            "kind": "VirtualMachineSnapshot",
+            "metadata": {"name": snapshot},
+            "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": vm}},
+        },
+        NAMESPACE,
+    )
+    return await until(
+        lambda: get_or_empty(snapshots, snapshot),
+        lambda s: phase(s) in ("Succeeded", "Failed"),
+        timeout,
+        f"VirtualMachineSnapshot {snapshot} finished",
     )
 
 
@@ -275,3 +310,14 @@ async def claim(
         NAMESPACE,
     )
     return disk
+
+
+def last_sector_writer(marker: str, label: str) -> str:
+    """User data that writes ``marker`` into the last sector of the guest's ``vda`` and prints
+    ``<label> sectors=<n>`` on the serial console."""
+    return rf"""#!/bin/sh
+sectors=$(cat /sys/class/block/vda/size)
+printf '{marker}' | dd of=/dev/vda bs=512 seek=$((sectors - 1)) conv=notrunc 2>/dev/null
+sync
+echo "{label} sectors=$sectors"
+"""

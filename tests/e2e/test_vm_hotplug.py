@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from kubevisor.agent.running import AgentConfig
 from kubevisor.api.registry import Obj
 from kubevisor.cli.main import main as cli
 from kubevisor.client import Client
 from kubevisor.platform import Platform
-from kubevisor.testing import cluster, guest
+from kubevisor.testing import guest
 from kubevisor.testing.console import Console
 from tests.e2e import libvmi
 
@@ -35,10 +34,7 @@ SECTORS = 16 * 1024 * 1024 // 512
 
 @pytest.fixture
 async def plat(data_dir: Path, test_guest: guest.Guest) -> AsyncIterator[Platform]:
-    config = AgentConfig(
-        data_dir=data_dir, node_name=NODE, image_mirror={libvmi.IMAGE: test_guest.disk}, accel="tcg"
-    )
-    async with cluster.running_platform(data_dir, agent=True, agent_config=config) as platform:
+    async with libvmi.guest_platform(data_dir, NODE, test_guest) as platform:
         yield platform
 
 

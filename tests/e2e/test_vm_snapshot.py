@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from kubevisor.agent.running import AgentConfig
 from kubevisor.api.registry import Obj
 from kubevisor.client import Client
 from kubevisor.platform import Platform
-from kubevisor.testing import cluster, guest
+from kubevisor.testing import guest
 from kubevisor.testing.console import Console, ConsoleTimeout
 from tests.e2e import libvmi
 
@@ -30,10 +29,7 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 async def plat(data_dir: Path, test_guest: guest.Guest) -> AsyncIterator[Platform]:
-    config = AgentConfig(
-        data_dir=data_dir, node_name=NODE, image_mirror={libvmi.IMAGE: test_guest.disk}, accel="tcg"
-    )
-    async with cluster.running_platform(data_dir, agent=True, agent_config=config) as platform:
+    async with libvmi.guest_platform(data_dir, NODE, test_guest) as platform:
         yield platform
 
 
@@ -100,22 +96,7 @@ async def test_snapshot_while_writing_then_restore(
         )
         await console.wait_for(r"^writer-2$", 20)
 
-        snapshots = client.resource(SNAP, "virtualmachinesnapshots")
-        await snapshots.create(
-            {
-                "apiVersion": SNAP,
-                "kind": "VirtualMachineSnapshot",
-                "metadata": {"name": "snap-snappy"},
-                "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": name}},
-            },
-            libvmi.NAMESPACE,
-        )
-        snap = await libvmi.until(
-            lambda: libvmi.get_or_empty(snapshots, "snap-snappy"),
-            lambda s: (s.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
-            60,
-            "snapshot finished",
-        )
+        snap = await libvmi.snapshot_vm(client, "snap-snappy", name)
         assert snap["status"]["phase"] == "Succeeded", snap["status"]
         assert snap["status"]["indications"] == ["Online", "GuestAgent"]
         assert snap["status"]["snapshotVolumes"]["excludedVolumes"] == ["rootdisk"]

@@ -6,22 +6,18 @@ disk: tests/e2e/test_datavolumes.py.)"""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from kubevisor.agent.running import AgentConfig
 from kubevisor.api.registry import Obj
 from kubevisor.client import Client, errors
 from kubevisor.client.requesting import ResourceClient
 from kubevisor.platform import Platform
 from kubevisor.testing import containerdisks
-from kubevisor.testing.cluster import running_platform
-from tests.e2e import libvmi
+from tests.integration.agent.libagent import agent_platform
 from tests.integration.client.libcluster import gone, until
 from tests.unit.storage import imageserving
 
@@ -31,24 +27,9 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kv-"))
-    yield path
-    libvmi.kill_qemus(path)  # the consumer VMI of the WaitForFirstConsumer test may have started one
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 async def plat(data_dir: Path) -> AsyncIterator[Platform]:
-    config = AgentConfig(data_dir=data_dir, node_name=NODE, accel="tcg", lease_interval=1)
-    async with running_platform(data_dir, agent=True, agent_config=config) as p:
+    async with agent_platform(data_dir, NODE) as p:
         yield p
-
-
-@pytest.fixture
-async def client(plat: Platform) -> AsyncIterator[Client]:
-    async with Client.from_kubeconfig(plat.kubeconfig) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +93,17 @@ async def bound(client: Client, name: str) -> Obj:
     return await until(
         lambda: pvcs.get(name, "default"), lambda c: c.get("status", {}).get("phase") == "Bound", 10, name
     )
+
+
+async def provisioned(client: Client, data_dir: Path, body: Obj) -> tuple[str, Path]:
+    """The claim ``body`` created; once it is bound and its volume's image exists: (the volume's name, the
+    image)."""
+    created = await client.resource("v1", "persistentvolumeclaims").create(body)
+    await bound(client, body["metadata"]["name"])
+    name = f"pvc-{created['metadata']['uid']}"
+    image = data_dir / "volumes" / name / "disk.img"
+    await until(lambda: asyncio.to_thread(image.exists), bool, 10, "the image")
+    return name, image
 
 
 async def dv_phase(client: Client, name: str, phase: str, timeout: float = 20) -> Obj:
@@ -186,11 +178,7 @@ async def test_retain_keeps_the_image(client: Client, data_dir: Path) -> None:
     )
     pvcs = client.resource("v1", "persistentvolumeclaims")
     pvs = client.resource("v1", "persistentvolumes")
-    created = await pvcs.create(claim("kept", "keep"))
-    await bound(client, "kept")
-    name = f"pvc-{created['metadata']['uid']}"
-    image = data_dir / "volumes" / name / "disk.img"
-    await until(lambda: _exists(image), bool, 10, "the image")
+    name, image = await provisioned(client, data_dir, claim("kept", "keep"))
     await pvcs.delete("kept", "default")
     await until(
         lambda: pvs.get(name), lambda v: v.get("status", {}).get("phase") == "Released", 10, "Released"

@@ -4,20 +4,17 @@ whose VMI is gone. (Booting guests: tests/e2e/test_vm_lifecycle.py.)"""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kubevisor.agent.running import AgentConfig
 from kubevisor.agent.vmis import FINALIZER
 from kubevisor.api.registry import Obj
 from kubevisor.client import Client
 from kubevisor.platform import Platform
-from kubevisor.testing.cluster import running_platform
+from tests.integration.agent.libagent import agent_platform
 from tests.integration.client.libcluster import gone, until
 
 KV = "kubevirt.io/v1"
@@ -25,24 +22,10 @@ NODE = "agent-node"
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kv-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
 async def plat(data_dir: Path) -> AsyncIterator[Platform]:
     (data_dir / "vms" / "default" / "orphan").mkdir(parents=True)  # a run directory whose VMI is gone
-    config = AgentConfig(data_dir=data_dir, node_name=NODE, accel="tcg", lease_interval=0.2)
-    async with running_platform(data_dir, agent=True, agent_config=config) as p:
+    async with agent_platform(data_dir, NODE, lease_interval=0.2) as p:
         yield p
-
-
-@pytest.fixture
-async def client(plat: Platform) -> AsyncIterator[Client]:
-    async with Client.from_kubeconfig(plat.kubeconfig) as c:
-        yield c
 
 
 def vmi(name: str, volume: Obj) -> Obj:

@@ -18,26 +18,31 @@ import lzma
 import os
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from kubevisor.agent.serving import AgentServer, server_ssl_context
+from kubevisor.agent.serving import AgentServer
 from kubevisor.agent.uploading import UploadReceiver, parse_content_digest
 from kubevisor.api.registry import Obj
-from kubevisor.apiserver.pki import ensure_agent_serving, issue_client_cert
+from kubevisor.apiserver.pki import issue_client_cert
 from kubevisor.client import Client, Config, ForbiddenError
 from kubevisor.controllers.datavolume import DataVolumeController
 from kubevisor.controllers.volumebinding import VolumeBindingController
 from kubevisor.platform import Platform
 from kubevisor.testing.cluster import running_platform
+from tests.integration.apiserver import libnodeagent
+from tests.integration.apiserver.libnodeagent import (
+    NODE,
+    bound_claim,
+    eventually,
+    register_node,
+    serving_agent,
+)
 from tests.integration.conftest import client_for
 
-NODE = "node-a"
 CDI = "cdi.kubevirt.io/v1beta1"
 TOKENS = "/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{ns}/uploadtokenrequests"
 UPLOAD_TARGET = "cdi.kubevirt.io/storage.upload.target"
@@ -51,110 +56,25 @@ async def plat(tmp_path: Path) -> AsyncIterator[Platform]:
 
 
 @pytest.fixture
-async def client(plat: Platform) -> AsyncIterator[Client]:
-    async with Client.from_kubeconfig(plat.kubeconfig) as c:
-        yield c
-
-
-@pytest.fixture
-def volumes(tmp_path: Path) -> Path:
-    path = tmp_path / "volumes"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 async def agent(plat: Platform, client: Client, volumes: Path) -> AsyncIterator[AgentServer]:
-    assert plat.pki is not None
-    cert, key = ensure_agent_serving(plat.pki, NODE, ["127.0.0.1"])
-    server = AgentServer(
-        None,  # type: ignore[arg-type]  # no VMIs here
-        None,
-        host="127.0.0.1",
-        port=0,
-        context=server_ssl_context(cert, key, plat.pki.ca_cert),
-        uploads=UploadReceiver(client, node=NODE, volume_dirs=(volumes,), fsync=False),
-    )
-    await server.start()
-    nodes = client.resource("v1", "nodes")
-    node = await nodes.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
-    node["status"] = {
-        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": server.port}},
-    }
-    await nodes.update_status(node)
-    async with VolumeBindingController(client), DataVolumeController(client):
-        try:
+    uploads = UploadReceiver(client, node=NODE, volume_dirs=(volumes,), fsync=False)
+    async with serving_agent(plat, uploads=uploads) as server:
+        await register_node(client, server.port)
+        async with VolumeBindingController(client), DataVolumeController(client):
             yield server
-        finally:
-            await server.stop()
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def make_volume(client: Client, volumes: Path, claim: str, size: str = "64Mi") -> Path:
     """A PersistentVolume on the agent's node, pre-bound to ``default/claim``; its directory."""
     directory = volumes / claim
-    directory.mkdir()
-    await client.resource("v1", "persistentvolumes").create(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": f"pv-{claim}"},
-            "spec": {
-                "capacity": {"storage": size},
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": "manual",
-                "hostPath": {"path": str(directory)},
-                "claimRef": {"namespace": "default", "name": claim},
-                "nodeAffinity": {
-                    "required": {
-                        "nodeSelectorTerms": [
-                            {
-                                "matchExpressions": [
-                                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [NODE]}
-                                ]
-                            }
-                        ]
-                    }
-                },
-            },
-        }
-    )
+    await libnodeagent.make_volume(client, f"pv-{claim}", directory, claim, size=size)
     return directory
 
 
 async def make_claim(client: Client, volumes: Path, name: str) -> Path:
     """An upload-target claim, bound; its volume directory."""
     directory = await make_volume(client, volumes, name)
-    pvcs = client.resource("v1", "persistentvolumeclaims")
-    await pvcs.create(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": name, "annotations": {UPLOAD_TARGET: ""}},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": "manual",
-                "resources": {"requests": {"storage": "64Mi"}},
-            },
-        },
-        "default",
-    )
-
-    async def bound() -> bool:
-        return bool((await pvcs.get(name, "default")).get("status", {}).get("phase") == "Bound")
-
-    await eventually(bound, f"claim {name} bound")
+    await bound_claim(client, name, annotations={UPLOAD_TARGET: ""})
     return directory
 
 

@@ -22,19 +22,19 @@ from typing import Any
 import httpx
 import pytest
 
-from kubevisor.agent.serving import AgentServer, server_ssl_context
+from kubevisor.agent.serving import AgentServer
 from kubevisor.agent.vmis import Guest
 from kubevisor.api.registry import Obj
-from kubevisor.apiserver.pki import ensure_agent_serving, issue_client_cert
+from kubevisor.apiserver.pki import issue_client_cert
 from kubevisor.client import Client, Config, ForbiddenError, NotFoundError, ServerError, streaming
 from kubevisor.client import errors as client_errors
 from kubevisor.platform import Platform
 from kubevisor.testing.cluster import running_platform
 from kubevisor.virt.domain import RunPaths
+from tests.integration.apiserver.libnodeagent import NODE, register_node, serving_agent
 from tests.integration.conftest import client_for
 
 KV = "kubevirt.io/v1"
-NODE = "node-a"
 SUB = "/apis/subresources.kubevirt.io/v1/namespaces"
 
 
@@ -85,40 +85,18 @@ async def plat(tmp_path: Path) -> AsyncIterator[Platform]:
 
 
 @pytest.fixture
-async def client(plat: Platform) -> AsyncIterator[Client]:
-    async with Client.from_kubeconfig(plat.kubeconfig) as c:
-        yield c
-
-
-@pytest.fixture
 async def agent(
     plat: Platform, client: Client, run_dir: Path
 ) -> AsyncIterator[tuple[AgentServer, FakeRuntime]]:
-    assert plat.pki is not None
-    cert, key = ensure_agent_serving(plat.pki, NODE, ["127.0.0.1"])
     runtime = FakeRuntime()
-    server = AgentServer(
-        runtime,
-        client.resource(KV, "virtualmachineinstances"),
-        host="127.0.0.1",
-        port=0,
-        context=server_ssl_context(cert, key, plat.pki.ca_cert),
-    )
-    await server.start()
-    try:
+    async with serving_agent(
+        plat, runtime=runtime, vmis=client.resource(KV, "virtualmachineinstances")
+    ) as server:
         yield server, runtime
-    finally:
-        await server.stop()
 
 
 async def make_node(client: Client, port: int) -> None:
-    nodes = client.resource("v1", "nodes")
-    node = await nodes.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
-    node["status"] = {
-        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": NODE}],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
-    }
-    await nodes.update_status(node)
+    await register_node(client, port, hostname=True)
 
 
 def vmi_manifest(name: str) -> Obj:

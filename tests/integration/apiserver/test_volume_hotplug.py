@@ -26,12 +26,6 @@ async def plat(tmp_path: Path) -> AsyncIterator[Platform]:
         yield p
 
 
-@pytest.fixture
-async def client(plat: Platform) -> AsyncIterator[Client]:
-    async with Client.from_kubeconfig(plat.kubeconfig) as c:
-        yield c
-
-
 def add_body(name: str, claim: str | None = None, **disk: Any) -> Obj:
     return {
         "name": name,

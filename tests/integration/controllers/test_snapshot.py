@@ -34,17 +34,19 @@ def node_dir(tmp_path: Path) -> Path:
     return tmp_path / "node"
 
 
+def snapshot_agent(client: Client, node_dir: Path) -> SnapshotAgent:
+    """The node agent's snapshot part on :data:`NODE`, its volumes under ``node_dir/volumes``."""
+    vmis = VmiController(client, node=NODE, data_dir=node_dir, accel="tcg")  # not started: no guests
+    return SnapshotAgent(client, node=NODE, data_dir=node_dir, vmis=vmis, volume_dirs=(node_dir / "volumes",))
+
+
 @pytest.fixture
 async def controllers(client: Client, cluster: Platform, node_dir: Path) -> AsyncIterator[None]:
-    vmis = VmiController(client, node=NODE, data_dir=node_dir, accel="tcg")  # not started: no guests
-    agent = SnapshotAgent(
-        client, node=NODE, data_dir=node_dir, vmis=vmis, volume_dirs=(node_dir / "volumes",)
-    )
     async with (
         VolumeBindingController(client),
         SnapshotController(client),
         RestoreController(client),
-        agent,
+        snapshot_agent(client, node_dir),
         GarbageCollector(client, cluster.registry, recheck_interval=0.2),
     ):
         yield
@@ -134,6 +136,18 @@ def snapshot(name: str, vm_name: str, **spec: Any) -> Obj:
         "metadata": {"name": name},
         "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": vm_name}, **spec},
     }
+
+
+async def snapshotted(client: Client, name: str, vm_name: str) -> Obj:
+    """A new snapshot ``name`` of the VM ``vm_name``, once it is Succeeded."""
+    snapshots = client.resource(SNAP, "virtualmachinesnapshots")
+    await snapshots.create(snapshot(name, vm_name), "default")
+    return await until(
+        lambda: snapshots.get(name, "default"),
+        lambda s: (s.get("status") or {}).get("phase") == "Succeeded",
+        15,
+        "snapshot succeeded",
+    )
 
 
 def restore(name: str, vm_name: str, snap: str) -> Obj:
@@ -229,14 +243,7 @@ async def test_restore_waits_for_a_running_vm_to_stop(
 ) -> None:
     image = await make_claim(client, node_dir, "moe-data")
     await client.resource(KV, "virtualmachines").create(vm("moe", "moe-data"), "default")
-    snapshots = client.resource(SNAP, "virtualmachinesnapshots")
-    await snapshots.create(snapshot("snap-moe", "moe"), "default")
-    await until(
-        lambda: snapshots.get("snap-moe", "default"),
-        lambda s: (s.get("status") or {}).get("phase") == "Succeeded",
-        15,
-        "snapshot succeeded",
-    )
+    await snapshotted(client, "snap-moe", "moe")
     with image.open("r+b") as f:
         f.seek(4 * MiB)
         f.write(pattern(9))
@@ -293,14 +300,7 @@ async def test_snapshot_fails_at_its_deadline(client: Client, controllers: None)
 async def test_restore_as_a_new_vm(client: Client, controllers: None, node_dir: Path) -> None:
     await make_claim(client, node_dir, "shemp-data")
     await client.resource(KV, "virtualmachines").create(vm("shemp", "shemp-data"), "default")
-    snapshots = client.resource(SNAP, "virtualmachinesnapshots")
-    await snapshots.create(snapshot("snap-shemp", "shemp"), "default")
-    await until(
-        lambda: snapshots.get("snap-shemp", "default"),
-        lambda s: (s.get("status") or {}).get("phase") == "Succeeded",
-        15,
-        "snapshot succeeded",
-    )
+    await snapshotted(client, "snap-shemp", "shemp")
     restores = client.resource(SNAP, "virtualmachinerestores")
     created = await restores.create(restore("restore-joe", "joe", "snap-shemp"), "default")
     done = await until(

@@ -249,11 +249,23 @@ async def test_volume_paths_only_under_the_volume_directories(
     cluster.bind("data", volumes_dir / "missing")
     with pytest.raises(preparing.PrepareError, match="does not exist on node node-a"):
         await prepare(tmp_path, spec, cluster)
+    iscsi = volume("pv-data", volumes_dir, "data")
+    del iscsi["spec"]["hostPath"]
+    iscsi["spec"]["iscsi"] = {
+        "targetPortal": "10.0.0.1:3260",
+        "iqn": "iqn.2001-04.com.example:disk",
+        "lun": 0,
+    }
+    cluster.add("persistentvolumes", iscsi)
+    with pytest.raises(preparing.PrepareError, match=r"only volumes with spec\.hostPath, spec\.local"):
+        await prepare(tmp_path, spec, cluster)
     nfs = volume("pv-data", volumes_dir, "data")
     del nfs["spec"]["hostPath"]
-    nfs["spec"]["nfs"] = {"server": "nfs.local", "path": "/export"}
+    nfs["spec"]["nfs"] = {"server": "nfs.example;rm", "path": "/export"}
     cluster.add("persistentvolumes", nfs)
-    with pytest.raises(preparing.PrepareError, match=r"only volumes with spec\.hostPath or spec\.local"):
+    with pytest.raises(
+        preparing.PrepareError, match=r"spec\.nfs\.server 'nfs.example;rm' is not a host name"
+    ):
         await prepare(tmp_path, spec, cluster)
 
 

@@ -173,6 +173,8 @@ def test_index_lists_every_group_version(openapi: OpenAPIV3) -> None:
         "apis/instancetype.kubevirt.io/v1beta1",
         "apis/pool.kubevirt.io/v1beta1",
         "apis/snapshot.kubevirt.io/v1beta1",
+        "apis/snapshot.storage.k8s.io/v1",
+        "apis/export.kubevirt.io/v1",
         "apis/cdi.kubevirt.io/v1beta1",
         "apis/upload.cdi.kubevirt.io/v1beta1",
         "apis/widgets.kubevirt.io/v1alpha1",
@@ -231,6 +233,7 @@ GROUP_VERSIONS = [
     ("instancetype.kubevirt.io", "v1beta1"),
     ("pool.kubevirt.io", "v1beta1"),
     ("snapshot.kubevirt.io", "v1beta1"),
+    ("export.kubevirt.io", "v1"),
     ("cdi.kubevirt.io", "v1beta1"),
     ("widgets.kubevirt.io", "v1alpha1"),
 ]

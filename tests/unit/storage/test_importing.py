@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from kubevisor.storage import importing
+from kubevisor.storage import importing, registry
 from tests.unit.storage import imageserving
 
 MiB = 1 << 20
@@ -511,20 +511,17 @@ class _Pulled:
 class _Puller:
     def __init__(self, disk: Path) -> None:
         self.disk = disk
-        self.asked: list[tuple[str, Any]] = []
+        self.asked: list[tuple[str, Any, str | None]] = []
 
-    async def pull(self, image: str, *, credentials: Any = None) -> _Pulled:
-        self.asked.append((image, credentials))
+    async def pull(self, image: str, *, credentials: Any = None, ca_bundle: str | None = None) -> _Pulled:
+        self.asked.append((image, credentials, ca_bundle))
         if image.endswith(":missing"):
-            raise _BadImage(f"image {image}: no disk under /disk")
+            raise registry.BadImage(f"image {image}: no disk under /disk")
+        if image.endswith(":tampered"):
+            raise registry.DigestMismatch(f"image {image}: blob sha256:0 arrived as sha256:1")
+        if image.endswith(":down"):
+            raise registry.RegistryUnreachable(f"image {image}: connection refused")
         return _Pulled(self.disk)
-
-
-class _BadImage(Exception):
-    pass
-
-
-_BadImage.__name__ = "BadImage"
 
 
 async def test_registry_source_seam(images: Images, volume: Path) -> None:
@@ -532,10 +529,21 @@ async def test_registry_source_seam(images: Images, volume: Path) -> None:
     source = importing.RegistrySource("quay.io/containerdisks/fedora:40", puller, credentials="creds")
     await importing.import_image(source, volume / importing.DISK_IMAGE, size=16 * MiB)
     same_disk(images.raw, volume / importing.DISK_IMAGE)
-    assert puller.asked == [("quay.io/containerdisks/fedora:40", "creds")]
+    assert puller.asked == [("quay.io/containerdisks/fedora:40", "creds", None)]
     assert images["disk.qcow2"].exists()  # the node's cache is never consumed
-    with pytest.raises(importing.InvalidSource, match="no disk under /disk"):
-        await importing.import_image(importing.RegistrySource("x/y:missing", puller), volume / "other.img")
+    # the registry's errors: permanent for what retrying cannot fix, for a DataVolume
+    for tag, error in [
+        ("missing", importing.InvalidImage),
+        ("tampered", importing.ChecksumMismatch),
+        ("down", importing.SourceUnreachable),
+    ]:
+        with pytest.raises(error, match=f"x/y:{tag}"):
+            await importing.import_image(importing.RegistrySource(f"x/y:{tag}", puller), volume / "other.img")
+    with pytest.raises(importing.InvalidSource, match="certConfigMap"):
+        await importing.import_image(
+            importing.RegistrySource("x/y:1", puller, ca_bundle="not a PEM"), volume / "other.img"
+        )
+    assert leftovers(volume) == [importing.DISK_IMAGE]
 
 
 # ------------------------------------------------------------------------------------- pure parts

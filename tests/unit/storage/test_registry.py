@@ -1,7 +1,8 @@
 """Pulling containerDisks (kubevisor.storage.registry) from a real docker-registry on loopback, images
 pushed with skopeo: by tag and digest, the node cache (served without network for digests), pull
 policies, multi-platform indexes, and what must be refused (unknown tags, corrupt blobs, images without a
-disk, unsafe layers). Logins and token services through a fake at the httpx transport seam."""
+disk, unsafe layers). Basic logins and a registry CA against the real registry (TLS, htpasswd); token
+services through a fake at the httpx transport seam."""
 
 from __future__ import annotations
 
@@ -330,3 +331,29 @@ def test_extract_disk_opaque_whiteout(tmp_path: Path) -> None:
     with pytest.raises(registry.BadImage, match="not a readable tar"):
         registry.extract_disk([garbage], tmp_path / "out2.img", image="t")
     assert tarfile.is_tarfile(first)
+
+
+async def test_real_registry_with_tls_and_htpasswd_logins(tmp_path: Path) -> None:
+    """docker-registry itself over HTTPS with an htpasswd login (not the fake): a login and the CA that
+    signed its certificate pull; a wrong password, no login, or another CA are refused as such."""
+    from tests.unit.storage import imageserving
+
+    ca = imageserving.make_ca(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    other_ca = imageserving.make_ca(other)
+    login = ("puller", "correct horse")
+    with containerdisks.running_registry(tls=(ca.cert_file, ca.key_file), logins=[login]) as secure:
+        layout = tmp_path / "layout"
+        containerdisks.oci_layout(layout, disk_layers(qcow2(tmp_path / "src.qcow2")))
+        await asyncio.to_thread(containerdisks.push, layout, f"{secure.host}/private/disk:1", login=login)
+        reference = f"{secure.host}/private/disk:1"
+        cache = ImageCache(tmp_path / "cache")
+        pulled = await cache.pull(reference, credentials=Credentials(*login), ca_bundle=ca.ca_pem)
+        assert pulled.format == "qcow2" and not pulled.cached
+        with pytest.raises(registry.Unauthorized, match="401"):
+            await cache.pull(reference, credentials=Credentials(login[0], "wrong"), ca_bundle=ca.ca_pem)
+        with pytest.raises(registry.Unauthorized, match="wants a login"):
+            await cache.pull(reference, ca_bundle=ca.ca_pem)
+        with pytest.raises(registry.Untrusted, match="does not verify"):
+            await cache.pull(reference, credentials=Credentials(*login), ca_bundle=other_ca.ca_pem)
