@@ -14,7 +14,8 @@ public surface::
 - :mod:`~kubevisor.client.watching`: :class:`Watch`, :class:`WatchEvent` (watch stream parsing)
 - :mod:`~kubevisor.client.errors`: the :class:`ApiError` tree, one class per Status reason
 - :mod:`~kubevisor.client.kubeconfig`: :class:`Config` from a kubeconfig file, TLS context
-- :mod:`~kubevisor.client.informers`: :class:`Informer` (list+watch cache with handlers)
+- :mod:`~kubevisor.client.informers`: :class:`Informer` (list+watch cache with handlers),
+  :class:`SharedInformers` (one informer per kind and selectors for a whole process)
 - :mod:`~kubevisor.client.queueing`: :class:`WorkQueue`, :func:`run_workers`
 - :mod:`~kubevisor.client.leaderelection`: :class:`LeaderElector` on a Lease
 - :mod:`~kubevisor.client.events`: :class:`EventRecorder`
@@ -41,7 +42,7 @@ from kubevisor.client.errors import (
     UnsupportedMediaTypeError,
 )
 from kubevisor.client.events import EventRecorder
-from kubevisor.client.informers import Informer, object_key, split_key
+from kubevisor.client.informers import Informer, SharedInformers, object_key, split_key
 from kubevisor.client.kubeconfig import Config, KubeconfigError
 from kubevisor.client.leaderelection import LeaderElector, LeadershipLost
 from kubevisor.client.queueing import ExponentialBackoff, QueueShutDown, WorkQueue, run_workers
@@ -72,6 +73,7 @@ __all__ = [
     "QueueShutDown",
     "ResourceClient",
     "ServerError",
+    "SharedInformers",
     "TooManyRequestsError",
     "TransportError",
     "UnauthorizedError",

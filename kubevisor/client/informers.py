@@ -17,6 +17,17 @@ Invariants:
   (enqueue a key, set an event). An exception in a handler is logged and does not stop the informer.
   A handler registered after the first list receives an add for every cached object.
 - :meth:`Informer.stop` cancels and awaits the informer's one task; nothing is left running.
+
+Sharing (:class:`SharedInformers`, client-go's SharedInformerFactory): the controllers of one process
+(``kubevisor up`` runs about twenty) would otherwise each list and watch the same kinds, so one VMI
+event was decoded, transformed and cached once per controller, each over its own watch connection. A
+factory hands every consumer asking for the same (client, resource, namespace, label selector, field
+selector, transform) the same running informer, counted by reference and stopped when the last consumer
+releases it. The rule that makes this safe: **an object from an informer (handler argument,
+:meth:`Informer.get`, :meth:`Informer.list`) belongs to every consumer of that informer. Never change it
+in place**, not even a nested list or dict (``setdefault``, ``append``, item assignment); deep-copy it
+first (``copy.deepcopy``) or build a new object. A change in place would be seen by every other
+controller's cache reads and silently diverge from the server.
 """
 
 from __future__ import annotations
@@ -204,13 +215,22 @@ class Informer:
         on_add: AddHandler | None = None,
         on_update: UpdateHandler | None = None,
         on_delete: DeleteHandler | None = None,
-    ) -> None:
-        """Register callbacks; if the cache is already synced, ``on_add`` is called for each object."""
+    ) -> Handlers:
+        """Register callbacks; if the cache is already synced, ``on_add`` is called for each object.
+
+        Returns the registration, for :meth:`remove_handlers`.
+        """
         handlers = Handlers(on_add, on_update, on_delete)
-        self._handlers.append(handlers)
+        # Copy on write: an emit loop running over the old list is not disturbed.
+        self._handlers = [*self._handlers, handlers]
         if self._synced.is_set() and on_add is not None:
             for obj in list(self._cache.values()):
                 self._call(on_add, obj)
+        return handlers
+
+    def remove_handlers(self, handlers: Handlers) -> None:
+        """Unregister what :meth:`add_handlers` returned; no more calls reach it (idempotent)."""
+        self._handlers = [h for h in self._handlers if h is not handlers]
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
         try:
@@ -320,3 +340,129 @@ class Informer:
                         self._emit_update(old, obj)
                 if rv:
                     self._resource_version = rv
+
+
+InformerKey = tuple[object, str, str, str | None, str | None, str | None, object]
+"""(client, apiVersion, plural, namespace, label selector, field selector, transform): what makes two
+informers interchangeable. The client and the transform compare by identity."""
+
+
+class SharedInformers:
+    """One running :class:`Informer` per key, shared by every consumer (client-go's SharedInformerFactory).
+
+    ``inf = shared.informer(client.resource(kind)); h = inf.add_handlers(...)`` ... then
+    ``inf.remove_handlers(h); await shared.release(inf)``. Each :meth:`informer` call takes one reference;
+    the informer starts on the first and stops on the :meth:`release` of the last, so the next consumer
+    gets a fresh informer that lists again (a controller restarted after losing leadership resynchronises
+    fully). A consumer that arrives after the informer synced gets an add for every cached object when it
+    registers its handlers (:meth:`Informer.add_handlers`), so it sees the same as if it had been first.
+
+    Only informers of the same :class:`~kubevisor.client.requesting.Client` are shared (the key holds the
+    client itself), and a ``transform`` is shared only when it is the same function object: pass a
+    module-level function, not a fresh lambda, to share a transformed cache. Cached objects are read-only
+    for everyone (module docstring). ``informer_options`` (backoff, watch timeout, page size) apply to every
+    informer this factory creates.
+    """
+
+    def __init__(self, **informer_options: Any) -> None:
+        self.informer_options = informer_options
+        self._by_key: dict[InformerKey, Informer] = {}
+        self._keys: dict[Informer, InformerKey] = {}
+        self._users: dict[Informer, int] = {}
+
+    def __repr__(self) -> str:
+        return f"SharedInformers({len(self._by_key)} informers)"
+
+    def __len__(self) -> int:
+        """How many informers run now."""
+        return len(self._by_key)
+
+    def informer(
+        self,
+        resources: ResourceClient,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        transform: Callable[[Obj], Obj] | None = None,
+    ) -> Informer:
+        """The started informer for this key, created on first use; takes one reference (:meth:`release`)."""
+        if not resources.namespaced:
+            namespace = None  # a cluster-scoped list ignores it: do not split the cache over it
+        key = self._key(resources, namespace, label_selector, field_selector, transform)
+        informer = self._by_key.get(key)
+        if informer is None:
+            informer = Informer(
+                resources,
+                namespace,
+                label_selector,
+                field_selector,
+                transform=transform,
+                **self.informer_options,
+            )
+            self._by_key[key] = informer
+            self._keys[informer] = key
+            self._users[informer] = 0
+            informer.start()
+        self._users[informer] += 1
+        return informer
+
+    def running(
+        self,
+        resources: ResourceClient,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        transform: Callable[[Obj], Obj] | None = None,
+    ) -> Informer | None:
+        """The informer for this key if one runs now, without taking a reference (None if not).
+
+        For a consumer that can use either of two caches (the garbage collector: metadata only, or the
+        full objects if some other controller keeps them anyway).
+        """
+        if not resources.namespaced:
+            namespace = None
+        return self._by_key.get(self._key(resources, namespace, label_selector, field_selector, transform))
+
+    @staticmethod
+    def _key(
+        resources: ResourceClient,
+        namespace: str | None,
+        label_selector: str | None,
+        field_selector: str | None,
+        transform: Callable[[Obj], Obj] | None,
+    ) -> InformerKey:
+        return (
+            resources.client,
+            resources.api_version,
+            resources.plural,
+            namespace,
+            label_selector or None,
+            field_selector or None,
+            transform,
+        )
+
+    def users(self, informer: Informer) -> int:
+        """How many references to ``informer`` are held (0 once it was stopped)."""
+        return self._users.get(informer, 0)
+
+    async def release(self, informer: Informer) -> None:
+        """Give back one reference; the last one stops the informer. Releasing a stopped one is a no-op."""
+        users = self._users.get(informer)
+        if users is None:
+            return
+        if users > 1:
+            self._users[informer] = users - 1
+            return
+        # Forget it before awaiting, so a consumer arriving meanwhile gets a new informer.
+        del self._users[informer]
+        del self._by_key[self._keys.pop(informer)]
+        await informer.stop()
+
+    async def aclose(self) -> None:
+        """Stop every informer, whoever still holds it. The factory may be used again afterwards."""
+        informers = list(self._users)
+        self._by_key.clear()
+        self._keys.clear()
+        self._users.clear()
+        for informer in informers:
+            await informer.stop()

@@ -17,10 +17,14 @@ as kube-controller-manager's garbage collector does:
   being deleted in the foreground are removed from it instead.
 
 Cost: one informer per stored kind in the registry (every kind, so no owner or dependent can hide),
-caching metadata only. An index maps each owner uid to its dependents so an owner's change reaches them
-without a scan. Decisions to delete are checked against the live object (GET, uid compared) rather than
-the cache, because a cache that lags behind (an owner created a moment ago) must never cause a deletion;
-every write carries a uid precondition or the resourceVersion read, and a 409 requeues.
+caching metadata only, except for a kind whose full objects the process caches anyway: when the
+controllers share their informers (:class:`~kubevisor.client.informers.SharedInformers`) and another
+controller, started before this one, already watches the kind whole, the collector uses that informer
+instead of a second list+watch (it reads only ``metadata`` either way, and never changes a cached object).
+An index maps each owner uid to its dependents so an owner's change reaches them without a scan.
+Decisions to delete are checked against the live object (GET, uid compared) rather than the cache,
+because a cache that lags behind (an owner created a moment ago) must never cause a deletion; every write
+carries a uid precondition or the resourceVersion read, and a 409 requeues.
 
 Keys are ``<group>/<version>/<plural>#<namespace>/<name>``, one per object of any kind.
 """
@@ -121,10 +125,12 @@ class GarbageCollector(Controller):
                 continue
             kid = kind_id(kind)
             resources = self.client.resource(kind)
+            shared = self.shared_informers
+            cached_whole = shared is not None and shared.running(resources) is not None
             informer = self.watch(
                 resources,
                 keys=None,
-                transform=metadata_only,
+                transform=None if cached_whole else metadata_only,
                 on_add=functools.partial(self._changed, kid),
                 on_update=functools.partial(self._updated, kid),
                 on_delete=functools.partial(self._deleted, kid),

@@ -6,6 +6,11 @@ VMI to two nodes). :class:`ControllerManager` therefore starts its controllers o
 stops them all when leadership is lost, and starts them again, with fresh caches, when it leads again.
 On a clean stop it releases the Lease so a standby takes over at once.
 
+The controllers of one manager share their informers (:attr:`ControllerManager.informers`, a
+:class:`~kubevisor.client.informers.SharedInformers`): each kind is listed and watched once for all of
+them, not once per controller. When leadership is lost every controller releases its informers, so they
+all stop, and the next term lists afresh.
+
 :func:`start_builtin_controllers` is what the platform (``kubevisor up``) calls: it builds a client from the
 admin kubeconfig and runs the built-in controllers (garbage collector, namespace) under leader election.
 """
@@ -20,6 +25,7 @@ import uuid
 from collections.abc import Sequence
 
 from kubevisor.api.registry import Registry
+from kubevisor.client.informers import SharedInformers
 from kubevisor.client.leaderelection import LeaderElector
 from kubevisor.client.requesting import Client
 from kubevisor.controllers.dataimportcron import DataImportCronController
@@ -49,7 +55,11 @@ def default_identity() -> str:
 
 
 class ControllerManager:
-    """Runs ``controllers`` while leading (or always, with ``leader_election=False``)."""
+    """Runs ``controllers`` while leading (or always, with ``leader_election=False``).
+
+    Controllers without a :attr:`~kubevisor.controllers.reconciling.Controller.shared_informers` factory
+    of their own are given this manager's :attr:`informers`.
+    """
 
     def __init__(
         self,
@@ -67,6 +77,11 @@ class ControllerManager:
     ) -> None:
         self.client = client
         self.controllers = list(controllers)
+        self.informers = SharedInformers()
+        """The informers this manager's controllers share."""
+        for controller in self.controllers:
+            if controller.shared_informers is None:
+                controller.shared_informers = self.informers
         self.identity = identity or default_identity()
         self.owns_client = owns_client
         """Close the client on :meth:`stop` (when the manager created it)."""
@@ -140,6 +155,7 @@ class ControllerManager:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        await self.informers.aclose()  # normally empty: the stopped controllers released theirs
         if self.owns_client:
             await self.client.aclose()
 
@@ -149,10 +165,7 @@ def builtin_controllers(
 ) -> list[Controller]:
     """The controllers every kubevisor control plane runs. ``insecure_registries`` (``HOST[:PORT]``, the
     node agent's ``--insecure-registry``): registries the DataImportCron controller polls over plain HTTP."""
-    controllers: list[Controller] = [
-        GarbageCollector(client, registry),
-        NamespaceController(client, registry),
-    ]
+    controllers: list[Controller] = [NamespaceController(client, registry)]
     if registry.get("", "v1", "persistentvolumeclaims") is not None:
         controllers.append(VolumeBindingController(client))
     storage_kinds = (("storage.k8s.io", "v1"), ("cdi.kubevirt.io", "v1beta1"), ("kubevirt.io", "v1"))
@@ -171,6 +184,8 @@ def builtin_controllers(
         controllers.append(VolumeSnapshotController(client))
     if registry.get("export.kubevirt.io", "v1", "virtualmachineexports") is not None:
         controllers.append(ExportController(client))
+    # Last: started after the others, it reuses their (shared) informers for the kinds they watch whole.
+    controllers.append(GarbageCollector(client, registry))
     return controllers
 
 

@@ -20,6 +20,13 @@ A :class:`Controller` owns informers and one :class:`~kubevisor.client.queueing.
 - :meth:`Controller.start` creates fresh informers and a fresh queue each time (:meth:`Controller.setup`),
   so a controller that stopped (say, on losing leader election) resynchronises fully when started again.
   Workers start only after every informer has synced, so reconcilers never see a half-filled cache.
+- With :attr:`Controller.shared_informers` set (the :class:`~kubevisor.controllers.manager.ControllerManager`
+  sets one factory for all its controllers), :meth:`Controller.watch` takes its informer from that
+  :class:`~kubevisor.client.informers.SharedInformers` instead of creating a private one: one list+watch
+  per kind for the whole process. Handlers are registered once ``setup`` has returned (so a key function
+  may use any informer ``setup`` made); a shared informer that had already synced then replays its cache
+  as adds. ``stop`` removes this controller's handlers and releases its references. Objects from a shared
+  cache are read by every controller: copy before changing one (:mod:`kubevisor.client.informers`).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import Self
 
 from kubevisor.api.registry import Obj
 from kubevisor.client import errors
-from kubevisor.client.informers import Informer, object_key
+from kubevisor.client.informers import Handlers, Informer, SharedInformers, object_key
 from kubevisor.client.queueing import WorkQueue, run_workers
 from kubevisor.client.requesting import Client, ResourceClient
 
@@ -88,6 +95,12 @@ class Controller:
             self.concurrency = concurrency
         self.queue = WorkQueue(name=self.name)
         self.informers: list[Informer] = []
+        self.shared_informers: SharedInformers | None = None
+        """Where :meth:`watch` takes informers from; None: each controller run creates private ones."""
+        self._acquired: list[tuple[Informer, SharedInformers | None]] = []
+        self._pending: list[tuple[Informer, Handlers]] = []
+        self._registered: list[tuple[Informer, Handlers]] = []
+        self._setting_up = False
         self._workers: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -119,17 +132,19 @@ class Controller:
         on_delete: Callable[[Obj], None] | None = None,
     ) -> Informer:
         """An informer whose every event enqueues ``keys(object)`` (pass ``keys=None`` to only use the
-        explicit handlers, which must themselves do no more than enqueue and index)."""
-        informer = Informer(
-            resources,
-            namespace,
-            label_selector,
-            field_selector,
-            on_add=on_add,
-            on_update=on_update,
-            on_delete=on_delete,
-            transform=transform,
-        )
+        explicit handlers, which must themselves do no more than enqueue and index).
+
+        The informer is shared with other controllers when :attr:`shared_informers` is set; its objects
+        are then read-only for everyone.
+        """
+        shared = self.shared_informers
+        if shared is None:
+            informer = Informer(resources, namespace, label_selector, field_selector, transform=transform)
+        else:
+            informer = shared.informer(resources, namespace, label_selector, field_selector, transform)
+        self._acquired.append((informer, shared))
+        if on_add is not None or on_update is not None or on_delete is not None:
+            self._register(informer, Handlers(on_add, on_update, on_delete))
         if keys is not None:
             key_fn = keys
 
@@ -137,9 +152,16 @@ class Controller:
                 for key in key_fn(obj):
                     self.queue.add(key)
 
-            informer.add_handlers(on_add=enqueue, on_update=lambda old, new: enqueue(new), on_delete=enqueue)
+            self._register(informer, Handlers(enqueue, lambda old, new: enqueue(new), enqueue))
         self.informers.append(informer)
         return informer
+
+    def _register(self, informer: Informer, handlers: Handlers) -> None:
+        if self._setting_up:
+            self._pending.append((informer, handlers))  # registered when setup() has returned
+            return
+        registered = informer.add_handlers(handlers.on_add, handlers.on_update, handlers.on_delete)
+        self._registered.append((informer, registered))
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -153,9 +175,20 @@ class Controller:
             raise RuntimeError(f"{self!r} is already running")
         self.queue = WorkQueue(name=self.name)
         self.informers = []
-        self.setup()
-        for informer in self.informers:
-            informer.start()
+        self._setting_up = True
+        try:
+            self.setup()
+        except BaseException:
+            await self._stop_informers()
+            raise
+        finally:
+            self._setting_up = False
+        pending, self._pending = self._pending, []
+        for informer, handlers in pending:
+            self._register(informer, handlers)
+        for informer, shared in self._acquired:
+            if shared is None:
+                informer.start()
         try:
             await asyncio.gather(*(informer.wait_synced() for informer in self.informers))
         except BaseException:
@@ -179,8 +212,17 @@ class Controller:
         await self._stop_informers()
 
     async def _stop_informers(self) -> None:
-        for informer in self.informers:
-            await informer.stop()
+        """Unregister this controller's handlers, then stop private informers and release shared ones."""
+        self._pending = []
+        registered, self._registered = self._registered, []
+        for informer, handlers in registered:
+            informer.remove_handlers(handlers)
+        acquired, self._acquired = self._acquired, []
+        for informer, shared in acquired:
+            if shared is None:
+                await informer.stop()
+            else:
+                await shared.release(informer)
 
     async def __aenter__(self) -> Self:
         await self.start()

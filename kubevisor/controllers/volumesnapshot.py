@@ -155,7 +155,7 @@ class VolumeSnapshotController(Controller):
                 await self._write(snap, name, None, error=f"its VolumeSnapshotContent {name} is gone")
                 return None
             return await self._create_content(snap, str(source.get("persistentVolumeClaimName") or ""), name)
-        await self._ensure_finalizer(snap)
+        snap = await self._ensure_finalizer(snap)
         await self._write(snap, name, content)
         return None
 
@@ -184,7 +184,7 @@ class VolumeSnapshotController(Controller):
                 f"{meta['namespace']}/{meta['name']} to bind it here",
             )
             return None
-        await self._ensure_finalizer(snap)
+        snap = await self._ensure_finalizer(snap)
         await self._write(snap, name, content)
         return None
 
@@ -285,7 +285,7 @@ class VolumeSnapshotController(Controller):
                 "sourceVolumeMode": (pvc.get("spec") or {}).get("volumeMode") or "Filesystem",
             },
         }
-        await self._ensure_finalizer(snap)
+        snap = await self._ensure_finalizer(snap)
         try:
             content: Obj | None = await self.contents.create(body)
         except errors.AlreadyExistsError:
@@ -298,14 +298,18 @@ class VolumeSnapshotController(Controller):
         await self._write(snap, name, content)
         return None
 
-    async def _ensure_finalizer(self, snap: Obj) -> None:
+    async def _ensure_finalizer(self, snap: Obj) -> Obj:
+        """``snap`` with the bound finalizer: as given, or as the update returned it.
+
+        Never changes ``snap`` itself: it is the informer's (shared) cached object.
+        """
         finalizers = list(snap["metadata"].get("finalizers") or [])
         if api.BOUND_FINALIZER in finalizers:
-            return
+            return snap
         body = copy.deepcopy(snap)
         body["metadata"]["finalizers"] = [*finalizers, api.BOUND_FINALIZER]
-        updated = await self.snapshots.update(body)
-        snap["metadata"] = updated["metadata"]
+        updated: Obj = await self.snapshots.update(body)
+        return updated
 
     def _restoring(self, content: str) -> list[str]:
         """The claims being filled from the content ``content`` now (DataVolume restores)."""

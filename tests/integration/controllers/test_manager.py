@@ -67,3 +67,35 @@ async def test_without_leader_election(client: Client, cluster: Platform) -> Non
         await collects(client, "solo")
     finally:
         await solo.stop()
+
+
+async def test_controllers_share_informers_and_the_collector_reuses_whole_caches(
+    client: Client, cluster: Platform
+) -> None:
+    """One informer per kind for all the manager's controllers; the collector, started last, uses the
+    namespace controller's informer instead of a metadata-only one of its own, and still collects."""
+    namespaces = NamespaceController(client, cluster.registry)
+    collector = GarbageCollector(client, cluster.registry)
+    shared = ControllerManager(
+        client, [namespaces, collector], identity="shared", lease_name="test-manager", leader_election=False
+    )
+    await shared.start()
+    try:
+        async with asyncio.timeout(30):
+            await shared.wait_started()
+        assert namespaces.shared_informers is collector.shared_informers is shared.informers
+        by_plural = {i.resources.plural: i for i in collector.informers}
+        assert by_plural["namespaces"] is namespaces.informers[0], "reused, not a second list+watch"
+        assert by_plural["configmaps"].transform is not None, "metadata only where nobody caches more"
+        assert len(shared.informers) == len(collector.informers)
+
+        owner = await client.resource("v1", "namespaces").create({"metadata": {"name": "shared-owner"}})
+        uid = owner["metadata"]["uid"]
+        ref = {"apiVersion": "v1", "kind": "Namespace", "name": "shared-owner", "uid": uid}
+        cms = client.resource("v1", "configmaps")
+        await cms.create({"metadata": {"name": "owned-by-a-namespace", "ownerReferences": [ref]}}, "default")
+        await client.resource("v1", "namespaces").delete("shared-owner")
+        await gone(cms, "owned-by-a-namespace", "default")
+    finally:
+        await shared.stop()
+    assert len(shared.informers) == 0, "every informer stopped with the controllers"

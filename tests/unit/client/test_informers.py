@@ -1,4 +1,5 @@
-"""Informer logic against a scripted in-memory server: sync, handlers, re-watch, re-list after 410."""
+"""Informer logic against a scripted in-memory server: sync, handlers, re-watch, re-list after 410, and
+the shared-informer factory (one informer per key, late handlers, release)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from kubevisor.client import Client, Config, Informer, object_key, split_key
+from kubevisor.client import Client, Config, Informer, SharedInformers, object_key, split_key
 from tests.unit.client.fakeserver import FakeServer
 from tests.unit.client.libwait import eventually
 
@@ -193,3 +194,99 @@ async def test_wait_synced_fails_if_the_informer_is_stopped_first(fake: FakeServ
     with pytest.raises(RuntimeError, match="stopped before it synced"):
         async with asyncio.timeout(5):
             await waiter
+
+
+async def test_removed_handlers_get_no_more_calls(fake: FakeServer, client: Client) -> None:
+    fake.put(CMS, cm("a"))
+    kept, removed = Seen(), Seen()
+    async with Informer(client.resource("v1", "configmaps"), "ns") as informer:
+        informer.add_handlers(on_add=kept.add)
+        registration = informer.add_handlers(on_add=removed.add)
+        await informer.wait_synced()
+        informer.remove_handlers(registration)
+        informer.remove_handlers(registration)  # idempotent
+        await eventually(lambda: fake.watches, what="the informer watches")
+        fake.put(CMS, cm("b"))
+        await eventually(lambda: len(kept.calls) == 2, what="the kept handler sees b")
+        assert removed.calls == [("add", "a", "1")]
+
+
+def _metadata_only(obj: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": obj["metadata"]}
+
+
+async def test_shared_informers_are_one_per_key(fake: FakeServer, client: Client) -> None:
+    fake.put(CMS, cm("a"))
+    shared = SharedInformers(backoff_initial=0.01)
+    try:
+        cms = client.resource("v1", "configmaps")
+        first = shared.informer(cms, "ns")
+        assert shared.informer(client.resource("v1", "configmaps"), "ns") is first, "same client and key"
+        assert shared.users(first) == 2
+        assert shared.informer(cms, "ns", transform=_metadata_only) is shared.informer(
+            cms, "ns", transform=_metadata_only
+        ), "the same transform function"
+        different = [
+            shared.informer(cms, "other"),
+            shared.informer(cms, "ns", label_selector="app=x"),
+            shared.informer(cms, "ns", field_selector="metadata.name=a"),
+            shared.informer(cms, "ns", transform=lambda o: o),
+        ]
+        assert len({id(i) for i in [first, *different]}) == 5
+        assert len(shared) == 6
+        transport = httpx.MockTransport(fake.handler)
+        async with Client(Config(server="https://k8s.test"), transport=transport) as other:
+            mine = shared.informer(other.resource("v1", "configmaps"), "ns")
+            assert mine is not first, "never shared across clients"
+            await shared.release(mine)
+        await first.wait_synced()
+        assert first.keys() == ["ns/a"]
+        assert first.lists == 1
+    finally:
+        await shared.aclose()  # stops all, whoever holds them (the leaked-task check sees the rest)
+    assert len(shared) == 0
+
+
+async def test_a_late_consumer_of_a_shared_informer_sees_every_cached_object(
+    fake: FakeServer, client: Client
+) -> None:
+    fake.put(CMS, cm("a"))
+    fake.put(CMS, cm("b"))
+    shared = SharedInformers()
+    try:
+        early, late = Seen(), Seen()
+        informer = shared.informer(client.resource("v1", "configmaps"), "ns")
+        informer.add_handlers(on_add=early.add, on_update=early.update, on_delete=early.delete)
+        await informer.wait_synced()
+        again = shared.informer(client.resource("v1", "configmaps"), "ns")
+        assert again is informer
+        again.add_handlers(on_add=late.add, on_update=late.update, on_delete=late.delete)
+        assert sorted(late.calls) == [("add", "a", "1"), ("add", "b", "1")], "the cache replayed as adds"
+        await eventually(lambda: fake.watches, what="the informer watches")
+        fake.put(CMS, cm("a", "2"))
+        await eventually(lambda: len(late.calls) == 3 and len(early.calls) == 3, what="both see the update")
+        assert late.calls[-1] == early.calls[-1] == ("update", "a", "1->2")
+    finally:
+        await shared.aclose()
+
+
+async def test_the_last_release_stops_a_shared_informer(fake: FakeServer, client: Client) -> None:
+    fake.put(CMS, cm("a"))
+    shared = SharedInformers()
+    cms = client.resource("v1", "configmaps")
+    one = shared.informer(cms, "ns")
+    two = shared.informer(cms, "ns")
+    await one.wait_synced()
+    await shared.release(one)
+    assert shared.users(two) == 1 and len(shared) == 1, "still held by the second consumer"
+    await eventually(lambda: fake.watches, what="still watching")
+    await shared.release(two)
+    assert len(shared) == 0 and shared.users(two) == 0
+    await shared.release(two)  # releasing a stopped informer is a no-op
+    fresh = shared.informer(cms, "ns")
+    try:
+        assert fresh is not one, "a stopped informer is never handed out again"
+        await fresh.wait_synced()
+        assert len(fake.list_requests()) == 2, "the new informer lists afresh"
+    finally:
+        await shared.release(fresh)

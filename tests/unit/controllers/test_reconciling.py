@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from kubevisor.client import Client, Config, ConflictError
+from kubevisor.client import Client, Config, ConflictError, SharedInformers
 from kubevisor.controllers import Controller, PermanentError, Result, TemporaryError
 from tests.unit.client.fakeserver import FakeServer
 from tests.unit.client.libwait import eventually
@@ -154,3 +154,36 @@ async def test_stop_cancels_a_stuck_worker_after_the_grace_period(client: Client
     async with asyncio.timeout(5):
         await ctl.stop()
     assert not ctl.running
+
+
+async def test_controllers_with_a_shared_factory_list_and_watch_once() -> None:
+    fake = FakeServer(CMS)
+    for name in ("a-1", "b-1"):
+        fake.put(CMS, {"metadata": {"name": name, "namespace": "ns"}})
+    shared = SharedInformers()
+    transport = httpx.MockTransport(fake.handler)
+    async with Client(Config(server="https://k8s.test"), transport=transport) as client:
+        one, two = Watching(client), Watching(client)
+        one.shared_informers = two.shared_informers = shared
+        try:
+            await one.start()
+            await two.start()  # late: the synced cache is replayed to its handlers
+            assert one.cms is two.cms and len(shared) == 1
+            assert len(fake.list_requests()) == 1
+            await eventually(lambda: {k for k, _ in two.seen} == {"a", "b"}, what="the late one's keys")
+
+            await one.stop()  # leaves the informer to the other controller, and gets no more events
+            assert shared.users(two.cms) == 1
+            seen_by_one = list(one.seen)
+            await eventually(lambda: fake.watches, what="watching")
+            fake.put(CMS, {"metadata": {"name": "c-1", "namespace": "ns"}})
+            await eventually(lambda: ("c", 1) in two.seen, what="the running controller sees c")
+            assert one.seen == seen_by_one
+
+            await one.start()  # a restart (leadership regained) sees everything again
+            await eventually(lambda: ("c", 1) in one.seen, what="the restarted controller sees c")
+            assert len(fake.list_requests()) == 1, "the informer kept running for the other controller"
+        finally:
+            await one.stop()
+            await two.stop()
+        assert len(shared) == 0, "the last release stopped the informer"
