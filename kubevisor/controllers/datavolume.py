@@ -524,20 +524,26 @@ class DataVolumeController(Controller):
         if decided.phase == "Failed":
             await self._write_status(dv, "Failed", pvc, running=("False", decided.reason, decided.message))
             return None
-        if decided.ready and labels.get(cdi.IMPORT_NODE_LABEL) != node:
+        if decided.ready:
+            await self._hand_to_node(dv, pvc, node, f"Restoring snapshot {namespace}/{name}")
+        else:
+            await self._write_status(dv, "CloneScheduled", pvc)
+        return None
+
+    async def _hand_to_node(self, dv: Obj, pvc: Obj, node: str | None, what: str) -> None:
+        """Label the target claim for ``node``'s agent (once, with a ``CloneScheduled`` Event saying
+        ``what``), and write phase ``CloneScheduled``."""
+        meta = pvc["metadata"]
+        if (meta.get("labels") or {}).get(cdi.IMPORT_NODE_LABEL) != node:
             await self.recorder.normal(
                 dv,
                 "CloneScheduled",
-                f"Restoring snapshot {namespace}/{name} into {pvc['metadata']['namespace']}/"
-                f"{pvc['metadata']['name']} scheduled on node {node}",
+                f"{what} into {meta['namespace']}/{meta['name']} scheduled on node {node}",
             )
             await self.pvcs.patch(
-                pvc["metadata"]["name"],
-                {"metadata": {"labels": {cdi.IMPORT_NODE_LABEL: node}}},
-                pvc["metadata"]["namespace"],
+                meta["name"], {"metadata": {"labels": {cdi.IMPORT_NODE_LABEL: node}}}, meta["namespace"]
             )
         await self._write_status(dv, "CloneScheduled", pvc)
-        return None
 
     async def _hold(self, dv: Obj, checked: cloning.SourceCheck) -> None:
         """Write why the target claim of a clone or restore is not created (yet)."""
@@ -591,19 +597,7 @@ class DataVolumeController(Controller):
             waiting = ("False", decided.reason, decided.message) if decided.reason else None
             await self._write_status(dv, "CloneScheduled", pvc, running=waiting)
             return Result(requeue_after=5.0) if decided.reason == "CloneSourceInUse" else None
-        if labels.get(cdi.IMPORT_NODE_LABEL) != node:
-            await self.recorder.normal(
-                dv,
-                "CloneScheduled",
-                f"Cloning from {namespace}/{name} into {pvc['metadata']['namespace']}/"
-                f"{pvc['metadata']['name']} scheduled on node {node}",
-            )
-            await self.pvcs.patch(
-                pvc["metadata"]["name"],
-                {"metadata": {"labels": {cdi.IMPORT_NODE_LABEL: node}}},
-                pvc["metadata"]["namespace"],
-            )
-        await self._write_status(dv, "CloneScheduled", pvc)
+        await self._hand_to_node(dv, pvc, node, f"Cloning from {namespace}/{name}")
         return None
 
     async def _select_node(self, pvc: Obj, preferred: str | None = None) -> None:
